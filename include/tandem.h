@@ -1,0 +1,306 @@
+/*
+ * tandem.h - the whole public C API of tandem.
+ *
+ * Includes no MPI and no CUDA header: MPI_Comm interop lives in
+ * tandem_mpi.h.  Every call returns a tdm_status, except the two that
+ * return strings (tdm_status_string, tdm_last_error).  Handles are
+ * opaque.  Option structs carry their own size so that a newer library
+ * accepts a caller compiled against an older header.
+ *
+ * Thread safety (per call, in the man pages): a tdm_context may be used
+ * by one thread at a time; calls on different contexts may run
+ * concurrently when MPI provides MPI_THREAD_MULTIPLE.  tdm_status_string,
+ * tdm_last_error, tdm_get_version, tdm_dtype_size and the tdm_rng calls on
+ * distinct generators are thread-safe.
+ */
+#ifndef TANDEM_H
+#define TANDEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything declared here is exported; the rest of libtandem is hidden. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
+#define TDM_VERSION_MAJOR 0
+#define TDM_VERSION_MINOR 1
+#define TDM_VERSION_PATCH 0
+#define TDM_VERSION_CODE(major, minor, patch) \
+  ((major) * 10000 + (minor) * 100 + (patch))
+#define TDM_VERSION \
+  TDM_VERSION_CODE(TDM_VERSION_MAJOR, TDM_VERSION_MINOR, TDM_VERSION_PATCH)
+
+/* ---- results ---------------------------------------------------------- */
+
+typedef enum {
+  TDM_SUCCESS = 0,
+  TDM_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad count, unknown enum   */
+  TDM_ERR_INVALID_USAGE = 2,    /* call out of order, handle finalized     */
+  TDM_ERR_MISMATCH = 3,         /* ranks disagree (TANDEM_DEBUG, init)     */
+  TDM_ERR_CONFIG = 4,           /* bad option, environment or config file  */
+  TDM_ERR_MPI = 5,              /* an MPI call failed                      */
+  TDM_ERR_DEVICE = 6,           /* CUDA / device failure                   */
+  TDM_ERR_NO_MEMORY = 7,        /* allocation failed                       */
+  TDM_ERR_IO = 8,               /* file could not be read or written       */
+  TDM_ERR_NOT_SUPPORTED = 9,    /* feature not built in                    */
+  TDM_ERR_REMOTE = 10,          /* another rank failed; message names it   */
+  TDM_ERR_INTERNAL = 11,        /* a bug in tandem                         */
+  TDM_NUM_STATUSES
+} tdm_status;
+
+/* Name of a status ("TDM_ERR_CONFIG: bad option, environment or config
+ * file"); never NULL. */
+const char *tdm_status_string(tdm_status status);
+
+/* The sentence describing the last error raised on the calling thread
+ * (which argument, which rank, which file).  Not cleared by successful
+ * calls; "" if no error happened yet.  Valid until the next tandem call on
+ * this thread. */
+const char *tdm_last_error(void);
+
+/* Runtime version, to compare with the TDM_VERSION_* macros. */
+tdm_status tdm_get_version(int *major, int *minor, int *patch);
+
+typedef enum {
+  TDM_FEATURE_CUDA = 0,  /* built with the CUDA device layer             */
+  TDM_FEATURE_NCCL = 1,  /* built with NCCL                               */
+  TDM_NUM_FEATURES
+} tdm_feature;
+
+tdm_status tdm_has_feature(tdm_feature feature, int *available);
+
+/* ---- element types and reductions ------------------------------------- */
+
+typedef enum {
+  TDM_F32 = 0,
+  TDM_F64 = 1,
+  TDM_F16 = 2,  /* IEEE binary16 */
+  TDM_BF16 = 3, /* bfloat16 */
+  TDM_I32 = 4,
+  TDM_I64 = 5,
+  TDM_U8 = 6,
+  TDM_NUM_DTYPES
+} tdm_dtype;
+
+/* Bytes per element of dtype. */
+tdm_status tdm_dtype_size(tdm_dtype dtype, size_t *bytes);
+
+typedef enum {
+  TDM_SUM = 0,
+  TDM_MEAN = 1, /* sum divided by the number of ranks; floating types only */
+  TDM_MAX = 2,
+  TDM_MIN = 3,
+  TDM_NUM_OPS
+} tdm_op;
+
+/* ---- options ------------------------------------------------------------ */
+
+typedef enum {
+  TDM_LOG_OFF = 0,
+  TDM_LOG_WARN = 1,
+  TDM_LOG_INFO = 2,
+  TDM_LOG_DEBUG = 3,
+  TDM_LOG_TRACE = 4
+} tdm_log_level;
+
+typedef enum {
+  TDM_DEVICE_AUTO = 0, /* CUDA if built with it and a GPU is visible */
+  TDM_DEVICE_CPU = 1,
+  TDM_DEVICE_CUDA = 2
+} tdm_device_kind;
+
+/* Marks an option field the caller leaves to environment / file / default. */
+#define TDM_UNSET (-1)
+
+/*
+ * Options given to tdm_init.  Precedence per field: this struct (a field
+ * that is not TDM_UNSET / NULL) > environment TANDEM_* > config file >
+ * default.  Always start from TDM_OPTIONS_INIT (or tdm_options_init): it
+ * records sizeof(tdm_options) as the caller compiled it, so fields added
+ * later are read as unset.
+ */
+typedef struct tdm_options {
+  size_t size;             /* sizeof(tdm_options) in the caller          */
+  const char *config_file; /* YAML file; env TANDEM_CONFIG               */
+  int log_level;           /* tdm_log_level; env TANDEM_LOG; default warn */
+  const char *log_file;    /* pattern with %r %h %p; env TANDEM_LOG_FILE;
+                              default stderr                              */
+  int debug;               /* 1: check every collective's signature across
+                              ranks; env TANDEM_DEBUG; default 0          */
+  int device;              /* tdm_device_kind; env TANDEM_DEVICE          */
+  int device_index;        /* env TANDEM_DEVICE_INDEX; default
+                              local_rank % device count                   */
+} tdm_options;
+
+#define TDM_OPTIONS_INIT \
+  { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET, TDM_UNSET }
+
+tdm_status tdm_options_init(tdm_options *options);
+
+/* ---- context ------------------------------------------------------------ */
+
+typedef struct tdm_context tdm_context;
+
+/* Collective over MPI_COMM_WORLD.  Initializes MPI (highest thread level
+ * available) if the host has not; tdm_finalize then finalizes it when the
+ * last context goes.  argc/argv may be NULL.  options may be NULL. */
+tdm_status tdm_init(int *argc, char ***argv, const tdm_options *options,
+                    tdm_context **ctx);
+
+/* Collective.  Frees the context; calls on it afterwards return
+ * TDM_ERR_INVALID_USAGE. */
+tdm_status tdm_finalize(tdm_context *ctx);
+
+/* The resolved options (after environment, file and defaults).  Strings
+ * stay owned by ctx.  out->size must be set by the caller. */
+tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out);
+
+/* Aborts every rank of the context's communicator (MPI_Abort).  The only
+ * call that terminates the process. */
+tdm_status tdm_abort(tdm_context *ctx, int exit_code);
+
+/* ---- topology ------------------------------------------------------------ */
+
+tdm_status tdm_get_rank(const tdm_context *ctx, int *rank);
+tdm_status tdm_get_world_size(const tdm_context *ctx, int *size);
+tdm_status tdm_get_local_rank(const tdm_context *ctx, int *local_rank);
+tdm_status tdm_get_local_size(const tdm_context *ctx, int *local_size);
+tdm_status tdm_get_node_count(const tdm_context *ctx, int *node_count);
+tdm_status tdm_get_node_index(const tdm_context *ctx, int *node_index);
+tdm_status tdm_get_device(const tdm_context *ctx, tdm_device_kind *kind,
+                          int *index);
+
+/* ---- process utilities ---------------------------------------------------- */
+
+tdm_status tdm_is_main(const tdm_context *ctx, int *yes);       /* rank 0     */
+tdm_status tdm_is_local_main(const tdm_context *ctx, int *yes); /* local 0    */
+tdm_status tdm_is_last(const tdm_context *ctx, int *yes);       /* rank n - 1 */
+
+tdm_status tdm_barrier(tdm_context *ctx);
+
+typedef enum {
+  TDM_SCOPE_GLOBAL = 0, /* the main rank of the context               */
+  TDM_SCOPE_LOCAL = 1   /* the local main rank of each node            */
+} tdm_scope;
+
+/* Collective.  The main rank (of the scope) runs the section first; the
+ * others enter it after the main rank called tdm_main_first_end. */
+tdm_status tdm_main_first_begin(tdm_context *ctx, tdm_scope scope);
+tdm_status tdm_main_first_end(tdm_context *ctx, tdm_scope scope);
+
+/* printf on the main rank only, to stdout, flushed. */
+tdm_status tdm_print(const tdm_context *ctx, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Rank-prefixed log line at level (shown when level <= TANDEM_LOG). */
+tdm_status tdm_log(const tdm_context *ctx, tdm_log_level level,
+                   const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Any rank sets the trigger; tdm_check_trigger (collective) reports it on
+ * every rank and clears it. */
+tdm_status tdm_set_trigger(tdm_context *ctx);
+tdm_status tdm_check_trigger(tdm_context *ctx, int *triggered);
+
+/* ---- random numbers ------------------------------------------------------- */
+
+typedef struct tdm_rng tdm_rng;
+
+typedef enum {
+  TDM_RNG_SHARED = 0,  /* the same stream on every rank   */
+  TDM_RNG_PER_RANK = 1 /* an independent stream per rank  */
+} tdm_rng_kind;
+
+/* Philox4x32-10, counter-based: the stream is a pure function of seed,
+ * stream id (0 for shared, the rank for per-rank) and position. */
+tdm_status tdm_rng_create(const tdm_context *ctx, uint64_t seed,
+                          tdm_rng_kind kind, tdm_rng **rng);
+tdm_status tdm_rng_destroy(tdm_rng *rng);
+tdm_status tdm_rng_u32(tdm_rng *rng, uint32_t *out, size_t n);
+/* Uniform in [0, 1), 24 random bits each. */
+tdm_status tdm_rng_uniform_f32(tdm_rng *rng, float *out, size_t n);
+/* Normal(mean, stddev) by Box-Muller. */
+tdm_status tdm_rng_normal_f32(tdm_rng *rng, float *out, size_t n, float mean,
+                              float stddev);
+/* Position in the stream, in 32-bit words drawn; set it to resume. */
+tdm_status tdm_rng_get_offset(const tdm_rng *rng, uint64_t *offset);
+tdm_status tdm_rng_set_offset(tdm_rng *rng, uint64_t offset);
+
+/* ---- host collectives ----------------------------------------------------- */
+/*
+ * Blocking collectives on host buffers over the context's communicator.
+ * count is in elements and must be > 0 and agree on all ranks (except the
+ * uneven calls at the end).  f16/bf16 reductions accumulate in f32.
+ * Buffers must not overlap, except send == recv in tdm_allreduce (in
+ * place).  With TANDEM_DEBUG=1 the ranks first compare operation, dtype,
+ * count and root and fail together with TDM_ERR_MISMATCH on disagreement.
+ */
+tdm_status tdm_allreduce(tdm_context *ctx, const void *send, void *recv,
+                         size_t count, tdm_dtype dtype, tdm_op op);
+tdm_status tdm_broadcast(tdm_context *ctx, void *buf, size_t count,
+                         tdm_dtype dtype, int root);
+/* recv holds count * world_size elements, in rank order. */
+tdm_status tdm_allgather(tdm_context *ctx, const void *send, void *recv,
+                         size_t count, tdm_dtype dtype);
+/* recv (count * world_size elements) is used on root only; may be NULL
+ * elsewhere. */
+tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
+                      size_t count, tdm_dtype dtype, int root);
+/* send holds recv_count * world_size elements; rank r receives the
+ * reduction of chunk r. */
+tdm_status tdm_reduce_scatter(tdm_context *ctx, const void *send, void *recv,
+                              size_t recv_count, tdm_dtype dtype, tdm_op op);
+
+/*
+ * Uneven data.  These three take a count that may differ across ranks
+ * (0 allowed).  recv_capacity is the size of recv in elements; with
+ * recv == NULL they only compute *out_count (still collective).
+ */
+
+/* Pads every rank's count elements with pad_value to the largest count on
+ * any rank (at the end, or at the front with pad_first). */
+tdm_status tdm_pad_across_processes(tdm_context *ctx, const void *send,
+                                    size_t count, tdm_dtype dtype,
+                                    double pad_value, int pad_first,
+                                    void *recv, size_t recv_capacity,
+                                    size_t *out_count);
+
+/* Gathers on every rank the first valid_count of each rank's count
+ * elements, in rank order: the padding duplicates that made an uneven
+ * last batch even are dropped.  The inverse of
+ * tdm_split_between_processes with padding. */
+tdm_status tdm_gather_for_metrics(tdm_context *ctx, const void *send,
+                                  size_t count, size_t valid_count,
+                                  tdm_dtype dtype, void *recv,
+                                  size_t recv_capacity, size_t *out_count);
+
+/* Contiguous slice [*begin, *begin + *count) of total items for this rank;
+ * the first total % world_size ranks get one more.  With pad set,
+ * *pad_count is how many copies of the slice's last item (of item
+ * total - 1 when the slice is empty) this rank appends so that every rank
+ * has ceil(total / world_size) items; else 0.  Local, no communication. */
+tdm_status tdm_split_between_processes(const tdm_context *ctx, size_t total,
+                                       int pad, size_t *begin, size_t *count,
+                                       size_t *pad_count);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TANDEM_H */

@@ -1,0 +1,67 @@
+/* comm.h - internal interface of the comm layer, the one place that calls
+ * MPI collectives.  Not installed. */
+#ifndef TDM_COMM_H
+#define TDM_COMM_H
+
+#include "../core/core.h"
+
+typedef enum {
+  TDMI_COLL_ALLREDUCE,
+  TDMI_COLL_BROADCAST,
+  TDMI_COLL_ALLGATHER,
+  TDMI_COLL_GATHER,
+  TDMI_COLL_REDUCE_SCATTER,
+  TDMI_COLL_PAD,
+  TDMI_COLL_GATHER_METRICS,
+  TDMI_COLL_BARRIER,
+  TDMI_COLL_MAIN_FIRST,
+  TDMI_COLL_TRIGGER,
+  TDMI_NUM_COLLS
+} tdmi_coll;
+
+/* What every rank must agree on for one collective call.  count is
+ * TDMI_ANY_COUNT for calls whose counts may differ. */
+typedef struct {
+  int32_t coll;
+  int32_t dtype;
+  int32_t op;
+  int32_t root;
+  uint64_t count;
+} tdmi_signature;
+
+#define TDMI_ANY_COUNT UINT64_MAX
+#define TDMI_NO_ROOT (-1)
+
+/*
+ * Entry of every collective.  local is the outcome of this rank's own
+ * argument checks.  Without TANDEM_DEBUG it is returned as is.  With it,
+ * the ranks exchange signatures first, so that bad arguments on one rank or
+ * a disagreement fail on every rank (TDM_ERR_REMOTE / TDM_ERR_MISMATCH)
+ * instead of hanging the others.
+ */
+tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
+                           const tdmi_signature *sig, tdm_status local);
+
+/*
+ * Every rank of comm learns whether any rank failed: the first failing
+ * rank's message is broadcast; a rank that failed keeps its own status and
+ * message, the others get TDM_ERR_REMOTE naming it.  what names the step.
+ */
+tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what);
+
+/* Checks count (> 0, not a negative number cast) and dtype; sets *bytes. */
+tdm_status tdmi_check_count(const char *fn, size_t count, tdm_dtype dtype,
+                            int allow_zero, size_t *bytes);
+
+MPI_Datatype tdmi_mpi_move_type(tdm_dtype dtype);
+
+/* NCCL's version code (e.g. 22803), or 0 when built without NCCL. */
+int tdmi_nccl_version(void);
+
+/* Runs a local argument check unless an earlier one already failed: the
+ * first failure is kept so it can take part in tdmi_coll_enter. */
+#define FIRST_FAILURE(st, expr) \
+  if ((st) == TDM_SUCCESS)      \
+  (st) = (expr)
+
+#endif /* TDM_COMM_H */

@@ -1,0 +1,146 @@
+/* signature.c - TANDEM_DEBUG collective signature checks and cross-rank
+ * agreement on failures. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+
+static const char *const coll_names[TDMI_NUM_COLLS] = {
+    "allreduce", "broadcast", "allgather", "gather", "reduce_scatter",
+    "pad_across_processes", "gather_for_metrics", "barrier", "main_first",
+    "check_trigger"};
+
+static int describe(const tdmi_signature *s, char *out, size_t cap) {
+  const char *coll = (unsigned)s->coll < TDMI_NUM_COLLS ? coll_names[s->coll]
+                                                        : "?";
+  int n = snprintf(out, cap, "%s(dtype=%s, op=%s", coll,
+                   tdmi_dtype_name((tdm_dtype)s->dtype),
+                   s->op < 0 ? "none" : tdmi_op_name((tdm_op)s->op));
+  if (s->count != TDMI_ANY_COUNT)
+    n += snprintf(out + n, cap - (size_t)n, ", count=%llu",
+                  (unsigned long long)s->count);
+  if (s->root != TDMI_NO_ROOT)
+    n += snprintf(out + n, cap - (size_t)n, ", root=%d", (int)s->root);
+  return n + snprintf(out + n, cap - (size_t)n, ")");
+}
+
+static int same(const tdmi_signature *a, const tdmi_signature *b) {
+  return a->coll == b->coll && a->dtype == b->dtype && a->op == b->op &&
+         a->root == b->root && a->count == b->count;
+}
+
+/* Names rank 0's call and up to four ranks whose call differs from it. */
+static tdm_status report_mismatch(const char *fn, const tdmi_signature *all,
+                                  int size) {
+  char msg[900], call[160];
+  describe(&all[0], call, sizeof call);
+  int n = snprintf(msg, sizeof msg, "rank 0 called %s", call);
+  int shown = 0;
+  for (int r = 1; r < size && shown < 4; r++) {
+    if (same(&all[r], &all[0]))
+      continue;
+    describe(&all[r], call, sizeof call);
+    n += snprintf(msg + n, sizeof msg - (size_t)n, "; rank %d called %s", r,
+                  call);
+    shown++;
+  }
+  return tdmi_error(TDM_ERR_MISMATCH, "%s: ranks disagree (TANDEM_DEBUG): %s",
+                    fn, msg);
+}
+
+typedef struct {
+  tdmi_signature sig;
+  int32_t status;
+  int32_t pad;
+} sig_record;
+
+tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
+                           const tdmi_signature *sig, tdm_status local) {
+  if (!ctx->config.debug)
+    return local;
+  sig_record mine = {*sig, (int32_t)local, 0};
+  sig_record *all = malloc(sizeof *all * (size_t)ctx->size);
+  if (!all)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
+  int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all,
+                         (int)sizeof mine, MPI_BYTE, ctx->comm);
+  tdm_status st = local;
+  if (rc != MPI_SUCCESS) {
+    st = tdmi_mpi_error(rc, "MPI_Allgather (TANDEM_DEBUG signature)");
+  } else if (local == TDM_SUCCESS) {
+    tdmi_signature *sigs = malloc(sizeof *sigs * (size_t)ctx->size);
+    int bad = -1, differ = 0;
+    for (int r = 0; r < ctx->size && sigs; r++) {
+      sigs[r] = all[r].sig;
+      if (all[r].status != TDM_SUCCESS && bad < 0)
+        bad = r;
+      differ |= !same(&sigs[r], &sigs[0]);
+    }
+    if (!sigs)
+      st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
+    else if (bad >= 0)
+      st = tdmi_error(TDM_ERR_REMOTE,
+                      "%s: rank %d passed invalid arguments (%s there)", fn,
+                      bad, tdm_status_string((tdm_status)all[bad].status));
+    else if (differ)
+      st = report_mismatch(fn, sigs, ctx->size);
+    free(sigs);
+  }
+  free(all);
+  if (st != TDM_SUCCESS)
+    tdmi_log(ctx, TDM_LOG_WARN, "%s", tdm_last_error());
+  return st;
+}
+
+tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
+  int rank, size;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  /* The lowest failing rank speaks for the failure. */
+  int failing = local == TDM_SUCCESS ? size : rank, first = size;
+  int rc = MPI_Allreduce(&failing, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (rc != MPI_SUCCESS)
+    return tdmi_mpi_error(rc, "MPI_Allreduce (agreement)");
+  if (first == size)
+    return TDM_SUCCESS;
+  char msg[768] = "";
+  int status = local;
+  if (rank == first)
+    snprintf(msg, sizeof msg, "%s", tdm_last_error());
+  MPI_Bcast(&status, 1, MPI_INT, first, comm);
+  rc = MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
+  if (local != TDM_SUCCESS)
+    return local;
+  if (rc != MPI_SUCCESS)
+    return tdmi_mpi_error(rc, "MPI_Bcast (agreement)");
+  return tdmi_error(TDM_ERR_REMOTE, "%s failed on rank %d: %s: %s", what, first,
+                    tdm_status_string((tdm_status)status), msg);
+}
+
+tdm_status tdmi_check_count(const char *fn, size_t count, tdm_dtype dtype,
+                            int allow_zero, size_t *bytes) {
+  size_t esize = tdmi_dtype_size(dtype);
+  if (esize == 0)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: dtype %d is not a tdm_dtype", fn, (int)dtype);
+  if (count == 0 && !allow_zero)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: count is 0", fn);
+  if (count > (size_t)PTRDIFF_MAX / esize)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: count %zu is negative or too large (as signed: "
+                      "%lld)", fn, count, (long long)(ptrdiff_t)count);
+  *bytes = count * esize;
+  return TDM_SUCCESS;
+}
+
+MPI_Datatype tdmi_mpi_move_type(tdm_dtype dtype) {
+  switch (dtype) {
+  case TDM_F32: return MPI_FLOAT;
+  case TDM_F64: return MPI_DOUBLE;
+  case TDM_F16:
+  case TDM_BF16: return MPI_UINT16_T;
+  case TDM_I32: return MPI_INT32_T;
+  case TDM_I64: return MPI_INT64_T;
+  default: return MPI_UINT8_T;
+  }
+}

@@ -1,0 +1,121 @@
+/* core.h - internal interface of the core layer: context, errors, options,
+ * logging, half-precision conversions.  Not installed. */
+#ifndef TDM_CORE_H
+#define TDM_CORE_H
+
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tandem.h"
+
+#define TDMI_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- errors (error.c) ---- */
+
+/* Records the thread-local message and returns status. */
+tdm_status tdmi_error(tdm_status status, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Turns an MPI return code into TDM_ERR_MPI with MPI's own sentence. */
+tdm_status tdmi_mpi_error(int mpi_code, const char *call);
+
+/* Bail out of the enclosing function on a non-success status. */
+#define TDMI_TRY(expr)                       \
+  do {                                       \
+    tdm_status tdmi_try_st_ = (expr);        \
+    if (tdmi_try_st_ != TDM_SUCCESS)         \
+      return tdmi_try_st_;                   \
+  } while (0)
+
+#define TDMI_CHECK_PTR(ptr, fn)                                          \
+  do {                                                                   \
+    if ((ptr) == NULL)                                                   \
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, \
+                        #ptr);                                           \
+  } while (0)
+
+/* ---- resolved options (options.c) ---- */
+
+typedef struct {
+  char *config_file; /* NULL when none */
+  int log_level;
+  char *log_file;    /* pattern; NULL: stderr */
+  int debug;
+  int device;
+  int device_index;  /* TDM_UNSET: local_rank % count */
+} tdmi_config;
+
+/* Merges defaults < config file < environment < api into *out. */
+tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out);
+void tdmi_config_free(tdmi_config *config);
+
+/* ---- the context (context.c) ---- */
+
+struct tdm_context {
+  MPI_Comm comm;       /* private duplicate of the parent communicator */
+  MPI_Comm local_comm; /* ranks sharing memory (a node)                 */
+  int rank, size;
+  int local_rank, local_size;
+  int node_count, node_index;
+  tdmi_config config;
+  char host[64];
+  FILE *log_fp;        /* stderr, or the expanded log_file            */
+  tdm_device_kind device_kind;
+  int device_index;
+  int trigger;
+  int main_first_open[2]; /* indexed by tdm_scope */
+};
+
+/* Duplicates parent and reads the topology (collective over parent). */
+tdm_status tdmi_context_create(MPI_Comm parent, tdm_context **ctx);
+/* Frees communicators and memory (collective). */
+void tdmi_context_destroy(tdm_context *ctx);
+
+/* Live-context registry: the guard every public call on a context runs. */
+tdm_status tdmi_context_register(tdm_context *ctx);
+int tdmi_context_unregister(tdm_context *ctx); /* returns contexts left */
+tdm_status tdmi_context_check(const tdm_context *ctx, const char *fn);
+
+#define TDMI_CHECK_CTX(ctx, fn) TDMI_TRY(tdmi_context_check((ctx), (fn)))
+
+/* ---- logging (log.c) ---- */
+
+tdm_status tdmi_log_open(tdm_context *ctx);
+void tdmi_log_close(tdm_context *ctx);
+void tdmi_log(const tdm_context *ctx, tdm_log_level level, const char *format,
+              ...) __attribute__((format(printf, 3, 4)));
+void tdmi_vlog(const tdm_context *ctx, tdm_log_level level,
+               const char *format, va_list ap);
+const char *tdmi_log_level_name(int level);
+
+/* ---- element types (dtype.c) ---- */
+
+size_t tdmi_dtype_size(tdm_dtype dtype); /* 0 if unknown */
+const char *tdmi_dtype_name(tdm_dtype dtype);
+const char *tdmi_op_name(tdm_op op);
+int tdmi_dtype_is_float(tdm_dtype dtype);
+/* Element i of buf, as a double / stored from a double (rounded to
+ * nearest even for f16/bf16, truncated toward zero for integers). */
+double tdmi_load(tdm_dtype dtype, const void *buf, size_t i);
+void tdmi_store(tdm_dtype dtype, void *buf, size_t i, double value);
+
+/* ---- half precision (half.c) ---- */
+
+float tdmi_f16_to_f32(uint16_t h);
+uint16_t tdmi_f32_to_f16(float f);  /* round to nearest even */
+float tdmi_bf16_to_f32(uint16_t h);
+uint16_t tdmi_f32_to_bf16(float f); /* round to nearest even */
+/* Vector forms used by the f16/bf16 collectives. */
+void tdmi_half_to_f32(tdm_dtype dtype, const uint16_t *in, float *out,
+                      size_t n);
+void tdmi_f32_to_half(tdm_dtype dtype, const float *in, uint16_t *out,
+                      size_t n);
+
+/* ---- random numbers (rng.c) ---- */
+
+/* One Philox4x32-10 block: 4 words from counter c under key k. */
+void tdmi_philox4x32_10(const uint32_t c[4], const uint32_t k[2],
+                        uint32_t out[4]);
+
+#endif /* TDM_CORE_H */

@@ -1,0 +1,279 @@
+/* options.c - resolve options: defaults < config file < environment < API.
+ * One table describes every setting, so the YAML key, the environment
+ * variable and the tdm_options field of a setting cannot drift apart. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "core.h"
+
+typedef enum { KIND_LEVEL, KIND_BOOL, KIND_DEVICE, KIND_INDEX, KIND_STRING } kind;
+
+typedef struct {
+  const char *key;     /* YAML key                        */
+  const char *env;     /* environment variable            */
+  kind kind;
+  size_t config_off;   /* offset in tdmi_config           */
+  size_t api_off;      /* offset in tdm_options           */
+  size_t api_end;      /* offset just past the API field  */
+} setting;
+
+#define API_FIELD(f) offsetof(tdm_options, f), \
+  offsetof(tdm_options, f) + sizeof(((tdm_options *)0)->f)
+
+static const setting settings[] = {
+    {"log_level", "TANDEM_LOG", KIND_LEVEL, offsetof(tdmi_config, log_level),
+     API_FIELD(log_level)},
+    {"log_file", "TANDEM_LOG_FILE", KIND_STRING, offsetof(tdmi_config, log_file),
+     API_FIELD(log_file)},
+    {"debug", "TANDEM_DEBUG", KIND_BOOL, offsetof(tdmi_config, debug),
+     API_FIELD(debug)},
+    {"device", "TANDEM_DEVICE", KIND_DEVICE, offsetof(tdmi_config, device),
+     API_FIELD(device)},
+    {"device_index", "TANDEM_DEVICE_INDEX", KIND_INDEX,
+     offsetof(tdmi_config, device_index), API_FIELD(device_index)},
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static const char *const level_names[] = {"off", "warn", "info", "debug",
+                                          "trace"};
+static const char *const device_names[] = {"auto", "cpu", "cuda"};
+
+static int lookup(const char *const *names, int n, const char *text) {
+  for (int i = 0; i < n; i++)
+    if (strcasecmp(names[i], text) == 0)
+      return i;
+  return -1;
+}
+
+static int parse_bool(const char *text) {
+  static const char *const yes[] = {"1", "true", "yes", "on"};
+  static const char *const no[] = {"0", "false", "no", "off"};
+  if (lookup(yes, 4, text) >= 0)
+    return 1;
+  return lookup(no, 4, text) >= 0 ? 0 : -1;
+}
+
+static int parse_index(const char *text) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno || end == text || *end != '\0' || v < 0 || v > INT_MAX)
+    return -1;
+  return (int)v;
+}
+
+/* Parses text for setting s into the config; where names the source for
+ * the message ("TANDEM_LOG", "file 'x.yaml' line 3"). */
+static tdm_status set_from_text(const setting *s, const char *text,
+                                const char *where, tdmi_config *cfg) {
+  void *field = (char *)cfg + s->config_off;
+  int v = 0;
+  const char *expect = NULL;
+  switch (s->kind) {
+  case KIND_LEVEL:
+    v = lookup(level_names, 5, text);
+    expect = "off, warn, info, debug or trace";
+    break;
+  case KIND_BOOL:
+    v = parse_bool(text);
+    expect = "a boolean (0/1, true/false, yes/no, on/off)";
+    break;
+  case KIND_DEVICE:
+    v = lookup(device_names, 3, text);
+    expect = "auto, cpu or cuda";
+    break;
+  case KIND_INDEX:
+    v = parse_index(text);
+    expect = "a non-negative integer";
+    break;
+  case KIND_STRING: {
+    char **str = field;
+    char *copy = strdup(text);
+    if (!copy)
+      return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory copying %s", where);
+    free(*str);
+    *str = copy;
+    return TDM_SUCCESS;
+  }
+  }
+  if (v < 0)
+    return tdmi_error(TDM_ERR_CONFIG, "%s: '%s' for %s is invalid; expected %s",
+                      where, text, s->key, expect);
+  *(int *)field = v;
+  return TDM_SUCCESS;
+}
+
+static const setting *find_key(const char *key) {
+  for (size_t i = 0; i < NSETTINGS; i++)
+    if (strcmp(settings[i].key, key) == 0)
+      return &settings[i];
+  return NULL;
+}
+
+static tdm_status apply_pair(yaml_document_t *doc, yaml_node_pair_t *pair,
+                             const char *path, tdmi_config *cfg) {
+  yaml_node_t *key = yaml_document_get_node(doc, pair->key);
+  yaml_node_t *val = yaml_document_get_node(doc, pair->value);
+  unsigned long line = key->start_mark.line + 1;
+  if (key->type != YAML_SCALAR_NODE)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "config file '%s' line %lu: keys must be scalars", path,
+                      line);
+  const char *name = (const char *)key->data.scalar.value;
+  const setting *s = find_key(name);
+  if (!s)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "config file '%s' line %lu: unknown key '%s'", path,
+                      line, name);
+  if (val->type != YAML_SCALAR_NODE)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "config file '%s' line %lu: the value of '%s' must be "
+                      "a scalar", path, line, name);
+  char where[512];
+  snprintf(where, sizeof where, "config file '%s' line %lu", path, line);
+  return set_from_text(s, (const char *)val->data.scalar.value, where, cfg);
+}
+
+static tdm_status apply_document(yaml_document_t *doc, const char *path,
+                                 tdmi_config *cfg) {
+  yaml_node_t *root = yaml_document_get_root_node(doc);
+  if (!root) /* empty file: nothing set */
+    return TDM_SUCCESS;
+  if (root->type != YAML_MAPPING_NODE)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "config file '%s': the top level must be a mapping of "
+                      "key: value", path);
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
+       p < root->data.mapping.pairs.top; p++)
+    TDMI_TRY(apply_pair(doc, p, path, cfg));
+  return TDM_SUCCESS;
+}
+
+static tdm_status apply_file(const char *path, tdmi_config *cfg) {
+  FILE *fp = fopen(path, "rb");
+  if (!fp)
+    return tdmi_error(TDM_ERR_IO, "config file '%s' cannot be opened: %s",
+                      path, strerror(errno));
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  tdm_status st;
+  if (!yaml_parser_initialize(&parser)) {
+    fclose(fp);
+    return tdmi_error(TDM_ERR_NO_MEMORY, "cannot create a YAML parser");
+  }
+  yaml_parser_set_input_file(&parser, fp);
+  if (!yaml_parser_load(&parser, &doc)) {
+    st = tdmi_error(TDM_ERR_CONFIG, "config file '%s' line %lu: %s", path,
+                    (unsigned long)parser.problem_mark.line + 1,
+                    parser.problem ? parser.problem : "invalid YAML");
+  } else {
+    st = apply_document(&doc, path, cfg);
+    yaml_document_delete(&doc);
+  }
+  yaml_parser_delete(&parser);
+  fclose(fp);
+  return st;
+}
+
+static tdm_status apply_env(tdmi_config *cfg) {
+  for (size_t i = 0; i < NSETTINGS; i++) {
+    const char *text = getenv(settings[i].env);
+    if (text && *text)
+      TDMI_TRY(set_from_text(&settings[i], text, settings[i].env, cfg));
+  }
+  return TDM_SUCCESS;
+}
+
+/* Validates an API int field against the setting's range. */
+static tdm_status api_int(const setting *s, int v, tdmi_config *cfg) {
+  int max = s->kind == KIND_LEVEL ? TDM_LOG_TRACE
+            : s->kind == KIND_BOOL ? 1
+            : s->kind == KIND_DEVICE ? TDM_DEVICE_CUDA
+                                     : INT_MAX;
+  if (v < 0 || v > max)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_options.%s = %d is out of range [0, %d]", s->key, v,
+                      max);
+  *(int *)((char *)cfg + s->config_off) = v;
+  return TDM_SUCCESS;
+}
+
+static tdm_status apply_api(const tdm_options *api, tdmi_config *cfg) {
+  for (size_t i = 0; i < NSETTINGS; i++) {
+    const setting *s = &settings[i];
+    if (s->api_end > api->size) /* caller's struct predates this field */
+      continue;
+    const void *field = (const char *)api + s->api_off;
+    if (s->kind == KIND_STRING) {
+      const char *text = *(const char *const *)field;
+      if (text)
+        TDMI_TRY(set_from_text(s, text, "tdm_options", cfg));
+    } else if (*(const int *)field != TDM_UNSET) {
+      TDMI_TRY(api_int(s, *(const int *)field, cfg));
+    }
+  }
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_api_size(const tdm_options *api) {
+  if (api->size < offsetof(tdm_options, config_file) ||
+      api->size > sizeof(tdm_options))
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_options.size = %zu; this library knows sizes up to "
+                      "%zu (start from TDM_OPTIONS_INIT)", api->size,
+                      sizeof(tdm_options));
+  return TDM_SUCCESS;
+}
+
+static tdm_status pick_config_file(const tdm_options *api, tdmi_config *cfg) {
+  const char *path = getenv("TANDEM_CONFIG");
+  if (api && api->size >= offsetof(tdm_options, config_file) + sizeof(char *) &&
+      api->config_file)
+    path = api->config_file;
+  if (!path || !*path)
+    return TDM_SUCCESS;
+  cfg->config_file = strdup(path);
+  return cfg->config_file ? TDM_SUCCESS
+                          : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+}
+
+tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
+  tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET};
+  tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
+  if (st == TDM_SUCCESS)
+    st = pick_config_file(api, &cfg);
+  if (st == TDM_SUCCESS && cfg.config_file)
+    st = apply_file(cfg.config_file, &cfg);
+  if (st == TDM_SUCCESS)
+    st = apply_env(&cfg);
+  if (st == TDM_SUCCESS && api)
+    st = apply_api(api, &cfg);
+  if (st != TDM_SUCCESS) {
+    tdmi_config_free(&cfg);
+    return st;
+  }
+  *out = cfg;
+  return TDM_SUCCESS;
+}
+
+void tdmi_config_free(tdmi_config *config) {
+  free(config->config_file);
+  free(config->log_file);
+  config->config_file = config->log_file = NULL;
+}
+
+tdm_status tdm_options_init(tdm_options *options) {
+  TDMI_CHECK_PTR(options, "tdm_options_init");
+  tdm_options init = TDM_OPTIONS_INIT;
+  *options = init;
+  return TDM_SUCCESS;
+}
+
+const char *tdmi_log_level_name(int level) {
+  return level >= 0 && level <= TDM_LOG_TRACE ? level_names[level] : "?";
+}

@@ -1,0 +1,32 @@
+#!/bin/sh
+# ABI consistency, as TAP: the functions declared in the public headers, the
+# version script, the symbols libtandem.so exports, and the man pages must
+# be the same set; tandem.h must not include MPI or CUDA headers.
+src=${TDM_SRCDIR:-.}
+build=${TDM_BUILDDIR:-.}
+lib=$build/src/.libs/libtandem.so
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+n=0
+check() { # description, command...
+  desc=$1; shift
+  n=$((n + 1))
+  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
+  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
+}
+grep -ohE '\btdm_[a-z0-9_]+[[:space:]]*\(' "$src/include/tandem.h" "$src/include/tandem_mpi.h" |
+  tr -d ' (' | sort -u >"$tmp/header"
+sed -n 's/^[[:space:]]*\(tdm_[a-z0-9_]*\);.*/\1/p' "$src/src/libtandem.map" | sort -u >"$tmp/map"
+nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' | sort -u >"$tmp/exported"
+grep -v '^tdm_[0-9]' "$tmp/exported" >"$tmp/exported_calls"
+ls "$src/doc/man3" | sed -n 's/\.3$//p' | grep '^tdm_' | sort -u >"$tmp/man"
+
+check "header declares calls" test -s "$tmp/header"
+check "version script lists exactly the header's calls" diff "$tmp/header" "$tmp/map"
+check "libtandem.so exports exactly the header's calls" diff "$tmp/header" "$tmp/exported_calls"
+check "only tdm_* names exported (nm -D --defined-only)" sh -c "! grep -v '^tdm_' '$tmp/exported'"
+check "every call has a man page" diff "$tmp/header" "$tmp/man"
+check "tandem.h includes no MPI or CUDA header" sh -c "! grep -E '#include *<(mpi|cuda|nccl)' '$src/include/tandem.h'"
+check "exported calls carry symbol version tdm_0.1" sh -c \
+  "nm -D --defined-only '$lib' | grep ' T ' | grep -v '@@tdm_0.1' | grep . && exit 1 || exit 0"
+echo "1..$n"
