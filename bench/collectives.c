@@ -27,7 +27,7 @@
 
 #define MAX_ROUNDS 64
 #define MAX_ITERS 100000L
-#define BLOCK_TARGET_S 0.010 /* auto iterations: ~10 ms per timed block */
+#define BLOCK_TARGET_S 0.005 /* auto iterations: ~5 ms per timed block  */
 #define CALIB_MIN_S 0.001    /* calibration block long enough to trust   */
 #define ALIGN 64
 #define MIB (1024.0 * 1024.0)
@@ -149,10 +149,10 @@ static void usage(FILE *out) {
       "  -b MINBYTES  smallest size (default 8; K/M/G suffixes)\n"
       "  -e MAXBYTES  largest size (default 64M; at most 2G-1)\n"
       "  -f FACTOR    size multiplier between rows (default 2)\n"
-      "  -n ITERS     timed iterations per block (default: auto, ~10 ms)\n"
+      "  -n ITERS     timed iterations per block (default: auto, ~5 ms)\n"
       "  -w WARMUP    warmup iterations per implementation (default 5)\n"
       "  -R ROUNDS    timed blocks per implementation; the median is\n"
-      "               reported (default 5)\n"
+      "               reported (default 9)\n"
       "  -d DTYPE     f32 f64 f16 bf16 i32 i64 u8 (default f32)\n"
       "  -o OP        sum mean max min (default sum)\n"
       "  -r ROOT      broadcast root (default 0)\n"
@@ -194,7 +194,7 @@ static int is_float(tdm_dtype d) {
 
 /* 0: go on; -1: help was printed (exit 0); 2: bad usage (exit 2). */
 static int parse_options(int argc, char **argv, int nranks, options_t *o) {
-  const options_t defaults = {8, 64u << 20, 2, 0, 5, 5, 1, 0,
+  const options_t defaults = {8, 64u << 20, 2, 0, 5, 9, 1, 0,
                               TDM_F32, TDM_SUM, (1u << NUM_COLLS) - 1};
   const char *bad = NULL;
   int c;

@@ -10,8 +10,8 @@
  * Thread safety (per call, in the man pages): a tdm_context may be used
  * by one thread at a time; calls on different contexts may run
  * concurrently when MPI provides MPI_THREAD_MULTIPLE.  tdm_status_string,
- * tdm_last_error, tdm_get_version, tdm_dtype_size and the tdm_rng calls on
- * distinct generators are thread-safe.
+ * tdm_last_error, tdm_get_version, tdm_has_feature, tdm_dtype_size and the
+ * tdm_rng calls on distinct generators are thread-safe.
  */
 #ifndef TANDEM_H
 #define TANDEM_H

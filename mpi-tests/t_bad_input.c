@@ -71,6 +71,15 @@ static void table(tdm_context *ctx, tdm_context *dead) {
            "scope 3");
   TH_FAILS(tdm_rng_create(ctx, 1, (tdm_rng_kind)2, NULL),
            TDM_ERR_INVALID_ARGUMENT, "rng is NULL");
+  tdm_rng *g = NULL;
+  TH_FAILS(tdm_rng_create(ctx, 1, (tdm_rng_kind)2, &g),
+           TDM_ERR_INVALID_ARGUMENT, "kind 2 is not a tdm_rng_kind");
+  TH_OK(tdm_rng_create(ctx, 1, TDM_RNG_SHARED, &g));
+  TH_FAILS(tdm_rng_normal_f32(g, a, 4, 0.0f, -1.0f), TDM_ERR_INVALID_ARGUMENT,
+           "stddev -1 is negative");
+  TH_FAILS(tdm_log(ctx, TDM_LOG_OFF, "x"), TDM_ERR_INVALID_ARGUMENT,
+           "not a message level");
+  TH_OK(tdm_rng_destroy(g));
   TH_CHECK(strcmp(tdm_status_string((tdm_status)1000), "unknown tdm_status") == 0,
            "status string of an unknown status");
   /* calls out of order, and on a finalized context */

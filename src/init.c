@@ -37,7 +37,7 @@ static tdm_status cuda_index(tdm_context *ctx, int ndevices, int *index) {
   int want = ctx->config.device_index;
   *index = want == TDM_UNSET ? ctx->local_rank % ndevices : want;
   if (*index >= ndevices)
-    return tdmi_error(TDM_ERR_CONFIG,
+    return tdmi_error(TDM_ERR_DEVICE,
                       "rank %d: device_index %d, but only %d CUDA devices are "
                       "visible", ctx->rank, *index, ndevices);
   return TDM_SUCCESS;

@@ -104,6 +104,10 @@ tdm_status tdm_rng_uniform_f32(tdm_rng *rng, float *out, size_t n) {
 tdm_status tdm_rng_normal_f32(tdm_rng *rng, float *out, size_t n, float mean,
                               float stddev) {
   CHECK_DRAW(rng, out, "tdm_rng_normal_f32");
+  if (!(stddev >= 0))
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_rng_normal_f32: stddev %g is negative or NaN",
+                      (double)stddev);
   const double two_pi = 6.283185307179586476925;
   for (size_t i = 0; i < n; i += 2) {
     double u1 = uniform24(next_word(rng)) + 0x1p-25; /* in (0, 1) */

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the Debian packages tandem needs, only those missing (idempotent).
+# The same names exist in Spack / RHEL: openmpi, libyaml(-devel), autoconf,
+# automake, libtool, pkgconf.
+set -e
+packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev"
+missing=
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+    missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+sudo=
+[ "$(id -u)" = 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null

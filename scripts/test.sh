@@ -1,0 +1,71 @@
+#!/bin/sh
+# Quick start, second command: install what is missing, build with and
+# without CUDA (and with sanitizers), run every test, and end with the line
+# "N passed, N failed".  Exits non-zero on any failure.  Idempotent.
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+b=$top/_build
+passed=0 failed=0 skipped=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+step() { # description, command... (one check)
+  desc=$1; shift
+  if "$@" >"$log" 2>&1; then
+    passed=$((passed + 1)); echo "PASS: $desc"
+  else
+    failed=$((failed + 1)); echo "FAIL: $desc"; tail -30 "$log" | sed 's/^/  | /'
+  fi
+}
+
+suite() { # builddir label: make check, counting each test run
+  make -C "$1" check -j"$(nproc)" >"$log" 2>&1
+  rc=$?
+  s=$1/test-suite.log
+  p=$(awk '/^# PASS:/ {print $3}' "$s" 2>/dev/null); p=${p:-0}
+  f=$(awk '/^# (FAIL|ERROR|XPASS):/ {n += $3} END {print n + 0}' "$s" 2>/dev/null)
+  k=$(awk '/^# SKIP:/ {print $3}' "$s" 2>/dev/null); k=${k:-0}
+  [ "$rc" != 0 ] && [ "$f" = 0 ] && f=1 # the suite did not even run
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + k))
+  echo "make check ($2): $p passed, $f failed, $k skipped"
+  [ "$f" = 0 ] || { grep -E '^(FAIL|ERROR)' "$log"; sed -n '/^FAIL:/,/^[A-Z]*:/p' "$s" | head -60; }
+}
+
+"$top/scripts/deps.sh" || { echo "0 passed, 1 failed"; exit 1; }
+
+# 1. The default build: CUDA and NCCL where configure finds them.
+step "build (default: CUDA auto-detected)" \
+  "$top/scripts/build.sh" "$b/default" --prefix="$b/prefix"
+suite "$b/default" default
+step "make install" make -C "$b/default" install
+step "installed libtandem.so exports only tdm_* symbols" sh -c \
+  "nm -D --defined-only '$b/prefix/lib/libtandem.so' | awk '{print \$3}' | grep -v '^tdm_' | grep . && exit 1; nm -D --defined-only '$b/prefix/lib/libtandem.so' | grep -q tdm_allreduce"
+step "program outside the tree, built with pkg-config, runs under mpirun -np 3" sh -c \
+  "export PKG_CONFIG_PATH='$b/prefix/lib/pkgconfig'; \
+   mpicc -std=c11 -Wall -Wextra -Werror '$top/tests/external/hello_tandem.c' -o '$b/hello_tandem' \
+     \$(pkg-config --cflags --libs tandem) -Wl,-rpath,'$b/prefix/lib' && \
+   '$top/scripts/mpirun.sh' -np 3 '$b/hello_tandem'"
+for np in 1 2 3 4; do
+  step "main job: examples/collectives_report on $np ranks" \
+    "$top/scripts/mpirun.sh" -np $np "$b/default/examples/collectives_report"
+done
+for np in 2 3; do
+  step "bench/collectives correctness (#wrong = 0) on $np ranks" \
+    "$top/scripts/mpirun.sh" -np $np "$b/default/bench/collectives" -b 8 -e 1048576 -f 8 -n 5 -w 1
+done
+
+# 2. Without CUDA, as on a CPU-only cluster.
+step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
+suite "$b/nocuda" "without CUDA"
+
+# 3. AddressSanitizer + UndefinedBehaviorSanitizer, leaks included (the
+#    test runner suppresses MPI's own; see mpi-tests/lsan.supp).
+step "build --enable-sanitizers" \
+  "$top/scripts/build.sh" "$b/asan" --without-cuda --enable-sanitizers
+suite "$b/asan" "ASan+UBSan"
+
+# 4. The release tarball builds and passes its own tests.
+step "make distcheck" make -C "$b/nocuda" distcheck
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
