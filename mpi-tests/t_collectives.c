@@ -21,6 +21,12 @@ static double reduced(tdm_op op, size_t i) {
   }
 }
 
+/* mean is defined for floating types only */
+static int op_applies(tdm_dtype t, int op) {
+  return op != TDM_MEAN || t == TDM_F32 || t == TDM_F64 || t == TDM_F16 ||
+         t == TDM_BF16;
+}
+
 static void fill(tdm_dtype t, void *buf, size_t count, int r, size_t base) {
   for (size_t i = 0; i < count; i++)
     tu_set(t, buf, i, value(r, base + i));
@@ -45,8 +51,7 @@ static void test_allreduce(tdm_context *ctx, tdm_dtype t, size_t count) {
   size_t es = tu_size(t);
   char *send = malloc(count * es), *recv = malloc(count * es);
   for (int op = 0; op < TDM_NUM_OPS; op++) {
-    int is_float = t == TDM_F32 || t == TDM_F64 || t == TDM_F16 || t == TDM_BF16;
-    if (op == TDM_MEAN && !is_float)
+    if (!op_applies(t, op))
       continue;
     fill(t, send, count, rank, 0);
     TH_OK(tdm_allreduce(ctx, send, recv, count, t, (tdm_op)op));
@@ -88,8 +93,7 @@ static void test_reduce_scatter(tdm_context *ctx, tdm_dtype t, size_t count) {
   size_t es = tu_size(t), total = count * (size_t)size;
   char *send = malloc(total * es), *recv = malloc(count * es);
   for (int op = 0; op < TDM_NUM_OPS; op++) {
-    int is_float = t == TDM_F32 || t == TDM_F64 || t == TDM_F16 || t == TDM_BF16;
-    if (op == TDM_MEAN && !is_float)
+    if (!op_applies(t, op))
       continue;
     fill(t, send, total, rank, 0);
     TH_OK(tdm_reduce_scatter(ctx, send, recv, count, t, (tdm_op)op));

@@ -1,6 +1,7 @@
 /* init.c - tdm_init / tdm_init_comm / tdm_finalize: the one place that
  * joins the layers (core context, comm agreement, device choice). */
 #include <pthread.h>
+#include <stdio.h>
 
 #include "config.h"
 #include "tandem_mpi.h"
@@ -127,8 +128,10 @@ tdm_status tdm_init(int *argc, char ***argv, const tdm_options *options,
   TDMI_TRY(st);
   st = init_on(MPI_COMM_WORLD, options, ctx, "tdm_init");
   if (st != TDM_SUCCESS) {
-    tdm_status mpi_st = release_mpi(tdmi_context_unregister(NULL));
-    (void)mpi_st; /* the init failure is the error to report */
+    char reason[1024];
+    snprintf(reason, sizeof reason, "%s", tdm_last_error());
+    release_mpi(tdmi_context_count()); /* keep the init failure's message */
+    tdmi_error(st, "%s", reason);
   }
   return st;
 }

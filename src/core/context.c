@@ -41,6 +41,13 @@ int tdmi_context_unregister(tdm_context *ctx) {
   return left;
 }
 
+int tdmi_context_count(void) {
+  pthread_mutex_lock(&registry_lock);
+  int n = nlive;
+  pthread_mutex_unlock(&registry_lock);
+  return n;
+}
+
 tdm_status tdmi_context_check(const tdm_context *ctx, const char *fn) {
   if (ctx == NULL)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);

@@ -10,7 +10,6 @@
 
 #include "tandem.h"
 
-#define TDMI_HIDDEN __attribute__((visibility("hidden")))
 
 /* ---- errors (error.c) ---- */
 
@@ -75,6 +74,7 @@ void tdmi_context_destroy(tdm_context *ctx);
 /* Live-context registry: the guard every public call on a context runs. */
 tdm_status tdmi_context_register(tdm_context *ctx);
 int tdmi_context_unregister(tdm_context *ctx); /* returns contexts left */
+int tdmi_context_count(void);
 tdm_status tdmi_context_check(const tdm_context *ctx, const char *fn);
 
 #define TDMI_CHECK_CTX(ctx, fn) TDMI_TRY(tdmi_context_check((ctx), (fn)))
@@ -87,7 +87,6 @@ void tdmi_log(const tdm_context *ctx, tdm_log_level level, const char *format,
               ...) __attribute__((format(printf, 3, 4)));
 void tdmi_vlog(const tdm_context *ctx, tdm_log_level level,
                const char *format, va_list ap);
-const char *tdmi_log_level_name(int level);
 
 /* ---- element types (dtype.c) ---- */
 
@@ -95,9 +94,8 @@ size_t tdmi_dtype_size(tdm_dtype dtype); /* 0 if unknown */
 const char *tdmi_dtype_name(tdm_dtype dtype);
 const char *tdmi_op_name(tdm_op op);
 int tdmi_dtype_is_float(tdm_dtype dtype);
-/* Element i of buf, as a double / stored from a double (rounded to
- * nearest even for f16/bf16, truncated toward zero for integers). */
-double tdmi_load(tdm_dtype dtype, const void *buf, size_t i);
+/* Stores value as element i of buf (rounded to nearest even for
+ * f16/bf16, truncated toward zero for integers). */
 void tdmi_store(tdm_dtype dtype, void *buf, size_t i, double value);
 
 /* ---- half precision (half.c) ---- */

@@ -43,19 +43,6 @@ tdm_status tdm_dtype_size(tdm_dtype dtype, size_t *bytes) {
   return TDM_SUCCESS;
 }
 
-double tdmi_load(tdm_dtype dtype, const void *buf, size_t i) {
-  switch (dtype) {
-  case TDM_F32: return ((const float *)buf)[i];
-  case TDM_F64: return ((const double *)buf)[i];
-  case TDM_F16: return tdmi_f16_to_f32(((const uint16_t *)buf)[i]);
-  case TDM_BF16: return tdmi_bf16_to_f32(((const uint16_t *)buf)[i]);
-  case TDM_I32: return ((const int32_t *)buf)[i];
-  case TDM_I64: return (double)((const int64_t *)buf)[i];
-  case TDM_U8: return ((const uint8_t *)buf)[i];
-  default: return 0.0;
-  }
-}
-
 void tdmi_store(tdm_dtype dtype, void *buf, size_t i, double value) {
   switch (dtype) {
   case TDM_F32: ((float *)buf)[i] = (float)value; break;

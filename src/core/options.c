@@ -1,7 +1,6 @@
 /* options.c - resolve options: defaults < config file < environment < API.
  * One table describes every setting, so the YAML key, the environment
  * variable and the tdm_options field of a setting cannot drift apart. */
-#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -272,8 +271,4 @@ tdm_status tdm_options_init(tdm_options *options) {
   tdm_options init = TDM_OPTIONS_INIT;
   *options = init;
   return TDM_SUCCESS;
-}
-
-const char *tdmi_log_level_name(int level) {
-  return level >= 0 && level <= TDM_LOG_TRACE ? level_names[level] : "?";
 }
