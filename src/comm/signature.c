@@ -29,17 +29,23 @@ static int same(const tdmi_signature *a, const tdmi_signature *b) {
          a->root == b->root && a->count == b->count;
 }
 
+typedef struct {
+  tdmi_signature sig;
+  int32_t status;
+  int32_t pad;
+} sig_record;
+
 /* Names rank 0's call and up to four ranks whose call differs from it. */
-static tdm_status report_mismatch(const char *fn, const tdmi_signature *all,
+static tdm_status report_mismatch(const char *fn, const sig_record *all,
                                   int size) {
   char msg[900], call[160];
-  describe(&all[0], call, sizeof call);
+  describe(&all[0].sig, call, sizeof call);
   int n = snprintf(msg, sizeof msg, "rank 0 called %s", call);
   int shown = 0;
   for (int r = 1; r < size && shown < 4; r++) {
-    if (same(&all[r], &all[0]))
+    if (same(&all[r].sig, &all[0].sig))
       continue;
-    describe(&all[r], call, sizeof call);
+    describe(&all[r].sig, call, sizeof call);
     n += snprintf(msg + n, sizeof msg - (size_t)n, "; rank %d called %s", r,
                   call);
     shown++;
@@ -47,12 +53,6 @@ static tdm_status report_mismatch(const char *fn, const tdmi_signature *all,
   return tdmi_error(TDM_ERR_MISMATCH, "%s: ranks disagree (TANDEM_DEBUG): %s",
                     fn, msg);
 }
-
-typedef struct {
-  tdmi_signature sig;
-  int32_t status;
-  int32_t pad;
-} sig_record;
 
 tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
                            const tdmi_signature *sig, tdm_status local) {
@@ -68,23 +68,18 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
   if (rc != MPI_SUCCESS) {
     st = tdmi_mpi_error(rc, "MPI_Allgather (TANDEM_DEBUG signature)");
   } else if (local == TDM_SUCCESS) {
-    tdmi_signature *sigs = malloc(sizeof *sigs * (size_t)ctx->size);
     int bad = -1, differ = 0;
-    for (int r = 0; r < ctx->size && sigs; r++) {
-      sigs[r] = all[r].sig;
+    for (int r = 0; r < ctx->size; r++) {
       if (all[r].status != TDM_SUCCESS && bad < 0)
         bad = r;
-      differ |= !same(&sigs[r], &sigs[0]);
+      differ |= !same(&all[r].sig, &all[0].sig);
     }
-    if (!sigs)
-      st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
-    else if (bad >= 0)
+    if (bad >= 0)
       st = tdmi_error(TDM_ERR_REMOTE,
                       "%s: rank %d passed invalid arguments (%s there)", fn,
                       bad, tdm_status_string((tdm_status)all[bad].status));
     else if (differ)
-      st = report_mismatch(fn, sigs, ctx->size);
-    free(sigs);
+      st = report_mismatch(fn, all, ctx->size);
   }
   free(all);
   if (st != TDM_SUCCESS)
