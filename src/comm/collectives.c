@@ -44,11 +44,6 @@ static tdm_status check_int_count(const char *fn, size_t count) {
   return TDM_SUCCESS;
 }
 
-static tdm_status null_arg(const char *fn, const void *p, const char *name) {
-  return p ? TDM_SUCCESS
-           : tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
-}
-
 static void divide_by(tdm_dtype dtype, void *buf, size_t n, int size) {
   if (dtype == TDM_F32)
     for (size_t i = 0; i < n; i++)
@@ -108,8 +103,8 @@ tdm_status tdm_allreduce(tdm_context *ctx, const void *send, void *recv,
   static const char fn[] = "tdm_allreduce";
   TDMI_CHECK_CTX(ctx, fn);
   size_t bytes;
-  tdm_status st = null_arg(fn, send, "send");
-  FIRST_FAILURE(st, null_arg(fn, recv, "recv"));
+  tdm_status st = tdmi_check_ptr(fn, send, "send");
+  FIRST_FAILURE(st, tdmi_check_ptr(fn, recv, "recv"));
   FIRST_FAILURE(st, tdmi_check_count(fn, count, dtype, 0, &bytes));
   FIRST_FAILURE(st, check_op(fn, op, dtype));
   tdmi_signature sig = {TDMI_COLL_ALLREDUCE, dtype, op, TDMI_NO_ROOT, count};
@@ -126,7 +121,7 @@ tdm_status tdm_broadcast(tdm_context *ctx, void *buf, size_t count,
   static const char fn[] = "tdm_broadcast";
   TDMI_CHECK_CTX(ctx, fn);
   size_t bytes;
-  tdm_status st = null_arg(fn, buf, "buf");
+  tdm_status st = tdmi_check_ptr(fn, buf, "buf");
   FIRST_FAILURE(st, tdmi_check_count(fn, count, dtype, 0, &bytes));
   FIRST_FAILURE(st, check_root(fn, ctx, root));
   tdmi_signature sig = {TDMI_COLL_BROADCAST, dtype, -1, root, count};
@@ -147,8 +142,8 @@ tdm_status tdm_allgather(tdm_context *ctx, const void *send, void *recv,
   static const char fn[] = "tdm_allgather";
   TDMI_CHECK_CTX(ctx, fn);
   size_t bytes;
-  tdm_status st = null_arg(fn, send, "send");
-  FIRST_FAILURE(st, null_arg(fn, recv, "recv"));
+  tdm_status st = tdmi_check_ptr(fn, send, "send");
+  FIRST_FAILURE(st, tdmi_check_ptr(fn, recv, "recv"));
   FIRST_FAILURE(st, tdmi_check_count(fn, count, dtype, 0, &bytes));
   FIRST_FAILURE(st, check_int_count(fn, count));
   tdmi_signature sig = {TDMI_COLL_ALLGATHER, dtype, -1, TDMI_NO_ROOT, count};
@@ -164,12 +159,12 @@ tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
   static const char fn[] = "tdm_gather";
   TDMI_CHECK_CTX(ctx, fn);
   size_t bytes;
-  tdm_status st = null_arg(fn, send, "send");
+  tdm_status st = tdmi_check_ptr(fn, send, "send");
   FIRST_FAILURE(st, tdmi_check_count(fn, count, dtype, 0, &bytes));
   FIRST_FAILURE(st, check_int_count(fn, count));
   FIRST_FAILURE(st, check_root(fn, ctx, root));
   if (ctx->rank == root)
-    FIRST_FAILURE(st, null_arg(fn, recv, "recv (on the root)"));
+    FIRST_FAILURE(st, tdmi_check_ptr(fn, recv, "recv (on the root)"));
   tdmi_signature sig = {TDMI_COLL_GATHER, dtype, -1, root, count};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   MPI_Datatype t = tdmi_mpi_move_type(dtype);
@@ -208,8 +203,8 @@ tdm_status tdm_reduce_scatter(tdm_context *ctx, const void *send, void *recv,
   static const char fn[] = "tdm_reduce_scatter";
   TDMI_CHECK_CTX(ctx, fn);
   size_t bytes;
-  tdm_status st = null_arg(fn, send, "send");
-  FIRST_FAILURE(st, null_arg(fn, recv, "recv"));
+  tdm_status st = tdmi_check_ptr(fn, send, "send");
+  FIRST_FAILURE(st, tdmi_check_ptr(fn, recv, "recv"));
   FIRST_FAILURE(st, tdmi_check_count(fn, recv_count, dtype, 0, &bytes));
   FIRST_FAILURE(st, check_int_count(fn, recv_count));
   FIRST_FAILURE(st, check_op(fn, op, dtype));

@@ -49,6 +49,10 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
  */
 tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what);
 
+/* TDM_ERR_INVALID_ARGUMENT "fn: name is NULL" when p is NULL; a status
+ * rather than a return, so it can feed FIRST_FAILURE. */
+tdm_status tdmi_check_ptr(const char *fn, const void *p, const char *name);
+
 /* Checks count (> 0, not a negative number cast) and dtype; sets *bytes. */
 tdm_status tdmi_check_count(const char *fn, size_t count, tdm_dtype dtype,
                             int allow_zero, size_t *bytes);

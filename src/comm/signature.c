@@ -112,6 +112,11 @@ tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
                     tdm_status_string((tdm_status)status), msg);
 }
 
+tdm_status tdmi_check_ptr(const char *fn, const void *p, const char *name) {
+  return p ? TDM_SUCCESS
+           : tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
+}
+
 tdm_status tdmi_check_count(const char *fn, size_t count, tdm_dtype dtype,
                             int allow_zero, size_t *bytes) {
   size_t esize = tdmi_dtype_size(dtype);

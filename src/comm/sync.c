@@ -69,9 +69,7 @@ tdm_status tdm_set_trigger(tdm_context *ctx) {
 tdm_status tdm_check_trigger(tdm_context *ctx, int *triggered) {
   static const char fn[] = "tdm_check_trigger";
   TDMI_CHECK_CTX(ctx, fn);
-  tdm_status st = triggered ? TDM_SUCCESS
-                            : tdmi_error(TDM_ERR_INVALID_ARGUMENT,
-                                         "%s: triggered is NULL", fn);
+  tdm_status st = tdmi_check_ptr(fn, triggered, "triggered");
   tdmi_signature sig = {TDMI_COLL_TRIGGER, -1, -1, TDMI_NO_ROOT, 0};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   int any = 0;

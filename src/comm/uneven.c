@@ -36,10 +36,9 @@ static tdm_status check_uneven(const char *fn, const void *send, size_t count,
                                tdm_dtype dtype, size_t *out_count) {
   size_t bytes;
   tdm_status st = tdmi_check_count(fn, count, dtype, 1, &bytes);
-  if (st == TDM_SUCCESS && count > 0 && !send)
-    st = tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: send is NULL", fn);
-  if (st == TDM_SUCCESS && !out_count)
-    st = tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: out_count is NULL", fn);
+  if (count > 0)
+    FIRST_FAILURE(st, tdmi_check_ptr(fn, send, "send"));
+  FIRST_FAILURE(st, tdmi_check_ptr(fn, out_count, "out_count"));
   if (st == TDM_SUCCESS && count > INT_MAX)
     st = tdmi_error(TDM_ERR_NOT_SUPPORTED,
                     "%s: count %zu exceeds MPI's int count", fn, count);

@@ -10,7 +10,6 @@
 
 #include "tandem.h"
 
-
 /* ---- errors (error.c) ---- */
 
 /* Records the thread-local message and returns status. */
