@@ -115,6 +115,16 @@ typedef enum {
   TDM_DEVICE_CUDA = 2
 } tdm_device_kind;
 
+/* How the engine's non-blocking gradient reductions make progress. */
+typedef enum {
+  TDM_PROGRESS_AUTO = 0,  /* thread when MPI provides MPI_THREAD_MULTIPLE,
+                             else poll                                     */
+  TDM_PROGRESS_POLL = 1,  /* tandem's own calls test the requests: works at
+                             any MPI thread level                          */
+  TDM_PROGRESS_THREAD = 2 /* a communication thread per engine; needs
+                             MPI_THREAD_MULTIPLE                           */
+} tdm_progress_mode;
+
 /* Marks an option field the caller leaves to environment / file / default. */
 #define TDM_UNSET (-1)
 
@@ -136,10 +146,20 @@ typedef struct tdm_options {
   int device;              /* tdm_device_kind; env TANDEM_DEVICE          */
   int device_index;        /* env TANDEM_DEVICE_INDEX; default
                               local_rank % device count                   */
+  /* Data-parallel engine (tdm_engine_create reads these). */
+  int bucket_cap_bytes;    /* gradient bucket cap in bytes; env
+                              TANDEM_BUCKET_CAP_BYTES; default 25 MiB     */
+  int first_bucket_bytes;  /* cap of bucket 0, the first to fill; env
+                              TANDEM_FIRST_BUCKET_BYTES; default 1 MiB    */
+  int gradient_accumulation_steps; /* micro-steps per optimizer step; env
+                              TANDEM_GRADIENT_ACCUMULATION_STEPS; default 1 */
+  int progress;            /* tdm_progress_mode; env TANDEM_PROGRESS
+                              (auto, poll, thread); default auto          */
 } tdm_options;
 
-#define TDM_OPTIONS_INIT \
-  { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET, TDM_UNSET }
+#define TDM_OPTIONS_INIT                                                 \
+  { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
+    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 
@@ -294,6 +314,155 @@ tdm_status tdm_gather_for_metrics(tdm_context *ctx, const void *send,
 tdm_status tdm_split_between_processes(const tdm_context *ctx, size_t total,
                                        int pad, size_t *begin, size_t *count,
                                        size_t *pad_count);
+
+
+/* ---- data-parallel engine -------------------------------------------------- */
+/*
+ * The engine owns the parameters and their gradients.  Register modules
+ * and parameters, call tdm_prepare, then train:
+ *
+ *   for each micro-step:
+ *     tdm_backward_begin(e)
+ *     forward; backward seeded with tdm_loss_scale(), adding (+=) into the
+ *       gradients and calling tdm_grad_ready / tdm_module_grads_ready as
+ *       each is complete
+ *     tdm_backward_end(e)             collective: waits for the buckets
+ *     tdm_step(opt, &stepped)         optimizer step at the boundary only
+ *
+ * Gradients are averaged over ranks and micro-steps: tdm_loss_scale()
+ * carries the factor 1 / (world size * accumulation steps), so the
+ * reduction is a plain sum and no pass divides the gradients.  Buckets are
+ * views into one flat gradient buffer per dtype, filled in reverse
+ * registration order (bucket 0 is the last module's), capped by
+ * tdm_options.first_bucket_bytes and bucket_cap_bytes, frozen at
+ * tdm_prepare and launched strictly in index order.
+ *
+ * An engine is used by one thread at a time (its communication thread is
+ * internal).  Calls marked collective must be made on every rank of the
+ * context, in the same order.
+ */
+
+typedef struct tdm_engine tdm_engine;
+
+/* Collective.  Duplicates the context's communicator for gradient traffic
+ * and reads the engine options of ctx. */
+tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine);
+/* Collective.  Waits for reductions in flight, stops the communication
+ * thread and frees parameters, gradients and buckets. */
+tdm_status tdm_engine_destroy(tdm_engine *engine);
+
+/* A module groups parameters (a layer); names are unique.  Before
+ * tdm_prepare only. */
+tdm_status tdm_add_module(tdm_engine *engine, const char *name, int *module);
+
+/* Parameter may get no gradient in some steps; it then counts as zero. */
+#define TDM_PARAM_MAYBE_UNUSED 1
+
+/*
+ * Registers parameter name (unique) of module, dtype TDM_F32 or TDM_F64,
+ * shape[0..ndim) (ndim 0..8, every extent > 0).  initial holds the
+ * element count of values, copied now (NULL: zeros); only rank 0's values
+ * matter, tdm_prepare broadcasts them.  flags: 0 or TDM_PARAM_MAYBE_UNUSED.
+ * *param is the index, counting from 0 in registration order.
+ */
+tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
+                         tdm_dtype dtype, int ndim, const int64_t *shape,
+                         const void *initial, int flags, int *param);
+
+/* Collective.  Checks that every rank registered the same modules and
+ * parameters (else fails everywhere naming the first difference), lays out
+ * the storage and the buckets, and broadcasts rank 0's initial values. */
+tdm_status tdm_prepare(tdm_engine *engine);
+
+/* After tdm_prepare: the parameter's values and gradient (either pointer
+ * may be NULL).  Valid until tdm_engine_destroy. */
+tdm_status tdm_param_buffers(tdm_engine *engine, int param, void **data,
+                             void **grad);
+tdm_status tdm_find_param(const tdm_engine *engine, const char *name,
+                          int *param);
+
+/* Starts a micro-step.  Gradients keep their accumulated values. */
+tdm_status tdm_backward_begin(tdm_engine *engine);
+/* The factor to seed backward with: 1 / (world size * accumulation
+ * steps). */
+tdm_status tdm_loss_scale(const tdm_engine *engine, double *scale);
+/* The parameter's gradient for this micro-step is complete.  Marking it
+ * twice in one micro-step is TDM_ERR_INVALID_USAGE. */
+tdm_status tdm_grad_ready(tdm_engine *engine, int param);
+/* Every parameter of module is complete. */
+tdm_status tdm_module_grads_ready(tdm_engine *engine, int module);
+/* Lets reductions in flight advance; call it from long computations in
+ * poll mode.  A no-op in thread mode. */
+tdm_status tdm_progress(tdm_engine *engine);
+/* Collective.  Ends the micro-step: parameters not marked are an error
+ * naming them unless registered TDM_PARAM_MAYBE_UNUSED; on a sync
+ * micro-step waits until every bucket is reduced.  Every rank returns
+ * the same success or failure. */
+tdm_status tdm_backward_end(tdm_engine *engine);
+
+/* Whether the micro-step in progress (or the next one, between
+ * micro-steps) synchronizes gradients: the last of each accumulation
+ * cycle, or one forced by tdm_sync_now. */
+tdm_status tdm_is_sync_step(const tdm_engine *engine, int *yes);
+/* Makes the next micro-step the end of the accumulation cycle (for
+ * example the last batch of an epoch).  Between micro-steps only. */
+tdm_status tdm_sync_now(tdm_engine *engine);
+
+typedef enum {
+  TDM_BUCKET_IDLE = 0,
+  TDM_BUCKET_FILLING = 1,   /* some of its gradients are ready            */
+  TDM_BUCKET_READY = 2,     /* all ready; waits for lower buckets to launch */
+  TDM_BUCKET_IN_FLIGHT = 3, /* reduction started                          */
+  TDM_BUCKET_REDUCED = 4    /* reduced on this rank                       */
+} tdm_bucket_state;
+
+tdm_status tdm_get_bucket_count(const tdm_engine *engine, int *count);
+/* State, size in bytes and number of parameters of bucket; any out may be
+ * NULL. */
+tdm_status tdm_get_bucket(tdm_engine *engine, int bucket,
+                          tdm_bucket_state *state, size_t *bytes,
+                          int *param_count);
+tdm_status tdm_get_param_bucket(const tdm_engine *engine, int param,
+                                int *bucket);
+/* The progress mode in use (TDM_PROGRESS_POLL or TDM_PROGRESS_THREAD). */
+tdm_status tdm_get_progress_mode(const tdm_engine *engine,
+                                 tdm_progress_mode *mode);
+
+/* ---- optimizer -------------------------------------------------------------- */
+
+typedef enum {
+  TDM_OPTIMIZER_SGD = 0 /* torch.optim.SGD */
+} tdm_optimizer_kind;
+
+/* Start from TDM_OPTIMIZER_OPTIONS_INIT (SGD, lr 1e-3, no momentum). */
+typedef struct tdm_optimizer_options {
+  size_t size;         /* sizeof(tdm_optimizer_options) in the caller */
+  int kind;            /* tdm_optimizer_kind                          */
+  double lr;
+  double momentum;
+  double dampening;
+  int nesterov;        /* needs momentum > 0 and dampening 0           */
+  double weight_decay; /* L2, added to the gradient                    */
+} tdm_optimizer_options;
+
+#define TDM_OPTIMIZER_OPTIONS_INIT \
+  { sizeof(tdm_optimizer_options), TDM_OPTIMIZER_SGD, 1e-3, 0.0, 0.0, 0, 0.0 }
+
+tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options);
+
+typedef struct tdm_optimizer tdm_optimizer;
+
+/* After tdm_prepare.  Optimizes every parameter of engine. */
+tdm_status tdm_optimizer_create(tdm_engine *engine,
+                                const tdm_optimizer_options *options,
+                                tdm_optimizer **optimizer);
+tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer);
+
+/* Call after every tdm_backward_end.  At the end of an accumulation cycle
+ * it updates the parameters, zeroes the gradients and sets *stepped to 1;
+ * otherwise it does nothing and sets 0.  stepped may be NULL.  Before
+ * tdm_backward_end of the micro-step it is TDM_ERR_INVALID_USAGE. */
+tdm_status tdm_step(tdm_optimizer *optimizer, int *stepped);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

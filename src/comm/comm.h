@@ -59,6 +59,22 @@ tdm_status tdmi_check_count(const char *fn, size_t count, tdm_dtype dtype,
 
 MPI_Datatype tdmi_mpi_move_type(tdm_dtype dtype);
 
+/* ---- the engine's traffic (async.c) ---- */
+
+/* A duplicate of parent that returns errors instead of aborting. */
+tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out);
+void tdmi_comm_free(MPI_Comm *comm);
+void tdmi_comm_rank_size(MPI_Comm comm, int *rank, int *size);
+/* Whether MPI provides MPI_THREAD_MULTIPLE. */
+int tdmi_thread_multiple(void);
+/* Starts an in-place sum of count elements (f32 or f64) over comm. */
+tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
+                     MPI_Request *req);
+tdm_status tdmi_test(MPI_Request *req, int *done);
+tdm_status tdmi_wait(MPI_Request *req);
+/* Broadcasts bytes from root, in chunks that fit MPI's int count. */
+tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root);
+
 /* NCCL's version code (e.g. 22803), or 0 when built without NCCL. */
 int tdmi_nccl_version(void);
 

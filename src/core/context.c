@@ -183,10 +183,18 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
                       "tdm_get_options: out->size = %zu is not a tdm_options "
                       "size (set it to sizeof(tdm_options))", out->size);
-  tdm_options full = {sizeof full,        ctx->config.config_file,
-                      ctx->config.log_level, ctx->config.log_file,
-                      ctx->config.debug,  ctx->config.device,
-                      ctx->config.device_index};
+  const tdmi_config *c = &ctx->config;
+  tdm_options full = {sizeof full,
+                      c->config_file,
+                      c->log_level,
+                      c->log_file,
+                      c->debug,
+                      c->device,
+                      c->device_index,
+                      c->bucket_cap_bytes,
+                      c->first_bucket_bytes,
+                      c->gradient_accumulation_steps,
+                      c->progress};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

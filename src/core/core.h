@@ -42,6 +42,10 @@ typedef struct {
   int debug;
   int device;
   int device_index;  /* TDM_UNSET: local_rank % count */
+  int bucket_cap_bytes;
+  int first_bucket_bytes;
+  int gradient_accumulation_steps;
+  int progress;      /* tdm_progress_mode */
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */

@@ -10,7 +10,15 @@
 
 #include "core.h"
 
-typedef enum { KIND_LEVEL, KIND_BOOL, KIND_DEVICE, KIND_INDEX, KIND_STRING } kind;
+typedef enum {
+  KIND_LEVEL,
+  KIND_BOOL,
+  KIND_DEVICE,
+  KIND_INDEX,    /* >= 0 */
+  KIND_POSITIVE, /* >= 1 */
+  KIND_PROGRESS,
+  KIND_STRING
+} kind;
 
 typedef struct {
   const char *key;     /* YAML key                        */
@@ -35,12 +43,22 @@ static const setting settings[] = {
      API_FIELD(device)},
     {"device_index", "TANDEM_DEVICE_INDEX", KIND_INDEX,
      offsetof(tdmi_config, device_index), API_FIELD(device_index)},
+    {"bucket_cap_bytes", "TANDEM_BUCKET_CAP_BYTES", KIND_POSITIVE,
+     offsetof(tdmi_config, bucket_cap_bytes), API_FIELD(bucket_cap_bytes)},
+    {"first_bucket_bytes", "TANDEM_FIRST_BUCKET_BYTES", KIND_POSITIVE,
+     offsetof(tdmi_config, first_bucket_bytes), API_FIELD(first_bucket_bytes)},
+    {"gradient_accumulation_steps", "TANDEM_GRADIENT_ACCUMULATION_STEPS",
+     KIND_POSITIVE, offsetof(tdmi_config, gradient_accumulation_steps),
+     API_FIELD(gradient_accumulation_steps)},
+    {"progress", "TANDEM_PROGRESS", KIND_PROGRESS,
+     offsetof(tdmi_config, progress), API_FIELD(progress)},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
 static const char *const level_names[] = {"off", "warn", "info", "debug",
                                           "trace"};
 static const char *const device_names[] = {"auto", "cpu", "cuda"};
+static const char *const progress_names[] = {"auto", "poll", "thread"};
 
 static int lookup(const char *const *names, int n, const char *text) {
   for (int i = 0; i < n; i++)
@@ -89,6 +107,15 @@ static tdm_status set_from_text(const setting *s, const char *text,
   case KIND_INDEX:
     v = parse_index(text);
     expect = "a non-negative integer";
+    break;
+  case KIND_POSITIVE:
+    v = parse_index(text);
+    v = v == 0 ? -1 : v;
+    expect = "a positive integer";
+    break;
+  case KIND_PROGRESS:
+    v = lookup(progress_names, 3, text);
+    expect = "auto, poll or thread";
     break;
   case KIND_STRING: {
     char **str = field;
@@ -193,11 +220,13 @@ static tdm_status api_int(const setting *s, int v, tdmi_config *cfg) {
   int max = s->kind == KIND_LEVEL ? TDM_LOG_TRACE
             : s->kind == KIND_BOOL ? 1
             : s->kind == KIND_DEVICE ? TDM_DEVICE_CUDA
-                                     : INT_MAX;
-  if (v < 0 || v > max)
+            : s->kind == KIND_PROGRESS ? TDM_PROGRESS_THREAD
+                                       : INT_MAX;
+  int min = s->kind == KIND_POSITIVE ? 1 : 0;
+  if (v < min || v > max)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
-                      "tdm_options.%s = %d is out of range [0, %d]", s->key, v,
-                      max);
+                      "tdm_options.%s = %d is out of range [%d, %d]", s->key,
+                      v, min, max);
   *(int *)((char *)cfg + s->config_off) = v;
   return TDM_SUCCESS;
 }
@@ -242,7 +271,8 @@ static tdm_status pick_config_file(const tdm_options *api, tdmi_config *cfg) {
 }
 
 tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
-  tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET};
+  tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET,
+                     25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);

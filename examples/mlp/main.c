@@ -1,0 +1,79 @@
+/* main.c - data-parallel training of a small regression MLP, the README's
+ * main job:
+ *   mpirun -np 4 ./examples/mlp/mlp [steps]
+ * Every rank takes its slice of each global batch; tandem averages the
+ * gradients across ranks (and across TANDEM_GRADIENT_ACCUMULATION_STEPS
+ * micro-steps) while backward goes on.  The main rank prints the loss. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model.h"
+
+#define BATCH_PER_RANK 32
+#define DATASET 8192
+
+#define TRY(call)                                                        \
+  do {                                                                   \
+    tdm_status st_ = (call);                                             \
+    if (st_ != TDM_SUCCESS) {                                            \
+      fprintf(stderr, "%s: %s: %s\n", #call, tdm_status_string(st_),     \
+              tdm_last_error());                                         \
+      exit(1);                                                           \
+    }                                                                    \
+  } while (0)
+
+int main(int argc, char **argv) {
+  tdm_context *ctx;
+  tdm_engine *engine;
+  tdm_optimizer *opt;
+  mlp_model model;
+  TRY(tdm_init(&argc, &argv, NULL, &ctx));
+  int steps = argc > 1 ? atoi(argv[1]) : 300, rank, size, accum;
+  TRY(tdm_get_rank(ctx, &rank));
+  TRY(tdm_get_world_size(ctx, &size));
+  tdm_options o = TDM_OPTIONS_INIT;
+  TRY(tdm_get_options(ctx, &o));
+  accum = o.gradient_accumulation_steps;
+
+  TRY(tdm_engine_create(ctx, &engine));
+  TRY(mlp_register(ctx, engine, 1234, &model));
+  TRY(tdm_prepare(engine)); /* every rank now holds rank 0's weights */
+  TRY(mlp_bind(engine, &model));
+  tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
+  oo.lr = 0.05;
+  oo.momentum = 0.9;
+  TRY(tdm_optimizer_create(engine, &oo, &opt));
+
+  float *x = malloc(sizeof *x * DATASET * MLP_IN), *y = malloc(sizeof *y * DATASET);
+  TRY(mlp_make_data(ctx, 42, DATASET, x, y));
+  TRY(tdm_print(ctx, "mlp: %d ranks x batch %d x %d micro-steps, %d steps\n",
+                size, BATCH_PER_RANK, accum, steps));
+
+  double scale, loss, step_loss = 0, mean_loss;
+  TRY(tdm_loss_scale(engine, &scale)); /* 1 / (ranks * micro-steps) */
+  long micro = 0;
+  for (int step = 0; step < steps;) {
+    /* This rank's slice of the next global micro-batch. */
+    long first = (micro++ * size + rank) * BATCH_PER_RANK % DATASET;
+    TRY(tdm_backward_begin(engine));
+    TRY(mlp_forward_backward(engine, &model, &x[first * MLP_IN], &y[first],
+                             BATCH_PER_RANK, scale, &loss));
+    TRY(tdm_backward_end(engine)); /* the last micro-step waits for sync */
+    step_loss += loss / accum;
+    int stepped;
+    TRY(tdm_step(opt, &stepped));
+    if (!stepped)
+      continue;
+    TRY(tdm_allreduce(ctx, &step_loss, &mean_loss, 1, TDM_F64, TDM_MEAN));
+    if (step % 50 == 0 || step == steps - 1)
+      TRY(tdm_print(ctx, "step %4d  loss %.6f\n", step, mean_loss));
+    step_loss = 0;
+    step++;
+  }
+  free(x);
+  free(y);
+  TRY(tdm_optimizer_destroy(opt));
+  TRY(tdm_engine_destroy(engine));
+  TRY(tdm_finalize(ctx));
+  return 0;
+}

@@ -1,0 +1,68 @@
+/* async.c - the engine's traffic: a private communicator, in-place
+ * non-blocking sums of gradient buckets, and a chunked byte broadcast.
+ * The engine sees requests, never MPI calls. */
+#include <limits.h>
+
+#include "comm.h"
+
+#define BCAST_CHUNK ((size_t)1 << 30) /* bytes per MPI_Bcast (< INT_MAX) */
+
+tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out) {
+  int rc = MPI_Comm_dup(parent, out);
+  if (rc != MPI_SUCCESS)
+    return tdmi_mpi_error(rc, "MPI_Comm_dup (engine)");
+  MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+  return TDM_SUCCESS;
+}
+
+void tdmi_comm_free(MPI_Comm *comm) {
+  if (*comm != MPI_COMM_NULL)
+    MPI_Comm_free(comm);
+}
+
+int tdmi_thread_multiple(void) {
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  return level == MPI_THREAD_MULTIPLE;
+}
+
+tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
+                     MPI_Request *req) {
+  if (count > INT_MAX)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "bucket of %zu elements exceeds MPI's int count", count);
+  if (dtype != TDM_F32 && dtype != TDM_F64)
+    return tdmi_error(TDM_ERR_INTERNAL, "tdmi_isum: dtype %s",
+                      tdmi_dtype_name(dtype));
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count,
+                          tdmi_mpi_move_type(dtype), MPI_SUM, comm, req);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Iallreduce (bucket)");
+}
+
+tdm_status tdmi_test(MPI_Request *req, int *done) {
+  int rc = MPI_Test(req, done, MPI_STATUS_IGNORE);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Test (bucket)");
+}
+
+tdm_status tdmi_wait(MPI_Request *req) {
+  int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Wait (bucket)");
+}
+
+tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root) {
+  for (size_t off = 0; off < bytes; off += BCAST_CHUNK) {
+    size_t n = bytes - off < BCAST_CHUNK ? bytes - off : BCAST_CHUNK;
+    int rc = MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, comm);
+    if (rc != MPI_SUCCESS)
+      return tdmi_mpi_error(rc, "MPI_Bcast");
+  }
+  return TDM_SUCCESS;
+}
+
+void tdmi_comm_rank_size(MPI_Comm comm, int *rank, int *size) {
+  MPI_Comm_rank(comm, rank);
+  MPI_Comm_size(comm, size);
+}

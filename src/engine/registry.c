@@ -1,0 +1,504 @@
+/* registry.c - engine creation, parameter registration, and tdm_prepare:
+ * the cross-rank registration check, the flat layout per dtype, the
+ * frozen bucket assignment and the broadcast of rank 0's values. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+tdm_status tdmi_engine_check(const tdm_engine *e, const char *fn) {
+  if (e == NULL)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: engine is NULL", fn);
+  return tdmi_context_check(e->ctx, fn);
+}
+
+tdm_status tdmi_engine_check_prepared(const tdm_engine *e, const char *fn) {
+  TDMI_TRY(tdmi_engine_check(e, fn));
+  if (!e->prepared)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: the engine is not prepared (call tdm_prepare)", fn);
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_unprepared(const tdm_engine *e, const char *fn) {
+  TDMI_TRY(tdmi_engine_check(e, fn));
+  if (e->prepared)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: the engine is already prepared; register modules "
+                      "and parameters before tdm_prepare", fn);
+  return TDM_SUCCESS;
+}
+
+static tdm_status pick_mode(tdm_engine *e) {
+  int multiple = tdmi_thread_multiple();
+  tdm_progress_mode want = (tdm_progress_mode)e->ctx->config.progress;
+  if (want == TDM_PROGRESS_THREAD && !multiple)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "tdm_engine_create: progress=thread needs "
+                      "MPI_THREAD_MULTIPLE, which MPI does not provide here "
+                      "(use progress=poll or auto)");
+  e->mode = want == TDM_PROGRESS_AUTO
+                ? (multiple ? TDM_PROGRESS_THREAD : TDM_PROGRESS_POLL)
+                : want;
+  return TDM_SUCCESS;
+}
+
+static tdm_engine *engine_new(tdm_context *ctx) {
+  tdm_engine *e = calloc(1, sizeof *e);
+  if (!e)
+    return NULL;
+  e->ctx = ctx;
+  e->comm = MPI_COMM_NULL;
+  e->strategy = &tdmi_strategy_ddp;
+  const tdmi_config *c = &ctx->config;
+  e->bucket_cap = (size_t)c->bucket_cap_bytes;
+  e->first_bucket_cap = (size_t)c->first_bucket_bytes;
+  e->accumulation_steps = c->gradient_accumulation_steps;
+  pthread_mutex_init(&e->lock, NULL);
+  pthread_cond_init(&e->cond, NULL);
+  return e;
+}
+
+static void engine_free(tdm_engine *e) {
+  tdmi_comm_free(&e->comm);
+  for (int i = 0; i < e->nparams; i++) {
+    free(e->params[i].name);
+    free(e->params[i].initial);
+  }
+  for (int i = 0; i < e->nmodules; i++) {
+    free(e->modules[i].name);
+    free(e->modules[i].params);
+  }
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    free(e->flat[d].data);
+    free(e->flat[d].grad);
+  }
+  free(e->params);
+  free(e->modules);
+  free(e->buckets);
+  pthread_mutex_destroy(&e->lock);
+  pthread_cond_destroy(&e->cond);
+  free(e);
+}
+
+tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
+  TDMI_CHECK_CTX(ctx, "tdm_engine_create");
+  tdm_status st = tdmi_check_ptr("tdm_engine_create", engine, "engine");
+  tdm_engine *e = NULL;
+  if (st == TDM_SUCCESS) {
+    e = engine_new(ctx);
+    st = e ? pick_mode(e)
+           : tdmi_error(TDM_ERR_NO_MEMORY, "tdm_engine_create: out of memory");
+  }
+  if (st == TDM_SUCCESS)
+    st = tdmi_comm_dup(ctx->comm, &e->comm);
+  st = tdmi_agree(ctx->comm, st, "tdm_engine_create");
+  if (st != TDM_SUCCESS) {
+    if (e)
+      engine_free(e);
+    return st;
+  }
+  tdmi_comm_rank_size(e->comm, &e->rank, &e->size);
+  tdmi_log(ctx, TDM_LOG_INFO,
+           "engine: created; strategy %s, progress %s, buckets %zu B (first "
+           "%zu B), accumulation %d",
+           e->strategy->name, e->mode == TDM_PROGRESS_THREAD ? "thread" : "poll",
+           e->bucket_cap, e->first_bucket_cap, e->accumulation_steps);
+  *engine = e;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_engine_destroy(tdm_engine *engine) {
+  TDMI_TRY(tdmi_engine_check(engine, "tdm_engine_destroy"));
+  tdmi_stream_stop(engine);
+  engine_free(engine);
+  return TDM_SUCCESS;
+}
+
+/* ---- registration ---- */
+
+static tdm_status grow(void **array, int *cap, int n, size_t elem) {
+  if (n < *cap)
+    return TDM_SUCCESS;
+  int bigger = *cap ? 2 * *cap : 16;
+  void *p = realloc(*array, elem * (size_t)bigger);
+  if (!p)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory registering");
+  *array = p;
+  *cap = bigger;
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_name(const char *fn, const char *name) {
+  TDMI_TRY(tdmi_check_ptr(fn, name, "name"));
+  if (!*name)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: name is empty", fn);
+  if (strlen(name) > 200)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: name '%.40s...' is longer than 200 bytes", fn, name);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_add_module(tdm_engine *e, const char *name, int *module) {
+  const char *fn = "tdm_add_module";
+  TDMI_TRY(check_unprepared(e, fn));
+  TDMI_TRY(check_name(fn, name));
+  TDMI_TRY(tdmi_check_ptr(fn, module, "module"));
+  for (int i = 0; i < e->nmodules; i++)
+    if (strcmp(e->modules[i].name, name) == 0)
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                        "%s: module '%s' is already registered (module %d)",
+                        fn, name, i);
+  TDMI_TRY(grow((void **)&e->modules, &e->modules_cap, e->nmodules,
+                sizeof *e->modules));
+  tdmi_module *m = &e->modules[e->nmodules];
+  memset(m, 0, sizeof *m);
+  if (!(m->name = strdup(name)))
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
+  *module = e->nmodules++;
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_shape(const char *fn, const char *name, int ndim,
+                              const int64_t *shape, size_t esize,
+                              size_t *numel) {
+  if (ndim < 0 || ndim > TDMI_MAX_NDIM)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: '%s': ndim %d is outside [0, %d]", fn, name, ndim,
+                      TDMI_MAX_NDIM);
+  if (ndim > 0)
+    TDMI_TRY(tdmi_check_ptr(fn, shape, "shape"));
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] <= 0)
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                        "%s: '%s': shape[%d] = %lld must be positive", fn,
+                        name, i, (long long)shape[i]);
+    if ((uint64_t)shape[i] > (uint64_t)PTRDIFF_MAX / esize / n)
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                        "%s: '%s': the shape is too large", fn, name);
+    n *= (size_t)shape[i];
+  }
+  *numel = n;
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_param_args(tdm_engine *e, int module, const char *name,
+                                   tdm_dtype dtype, int flags, int *param) {
+  const char *fn = "tdm_add_param";
+  TDMI_TRY(check_unprepared(e, fn));
+  TDMI_TRY(check_name(fn, name));
+  TDMI_TRY(tdmi_check_ptr(fn, param, "param"));
+  if (module < 0 || module >= e->nmodules)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: '%s': module %d is not registered (%d modules)", fn,
+                      name, module, e->nmodules);
+  if ((unsigned)dtype >= TDM_NUM_DTYPES)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: '%s': dtype %d is not a tdm_dtype", fn, name,
+                      (int)dtype);
+  if (dtype != TDM_F32 && dtype != TDM_F64)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "%s: '%s': dtype %s; parameters are f32 or f64 (f16 "
+                      "and bf16 arrive with mixed precision)", fn, name,
+                      tdmi_dtype_name(dtype));
+  if (flags & ~TDM_PARAM_MAYBE_UNUSED)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: '%s': unknown flags 0x%x", fn, name, (unsigned)flags);
+  for (int i = 0; i < e->nparams; i++)
+    if (strcmp(e->params[i].name, name) == 0)
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                        "%s: parameter '%s' is already registered (param %d)",
+                        fn, name, i);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_add_param(tdm_engine *e, int module, const char *name,
+                         tdm_dtype dtype, int ndim, const int64_t *shape,
+                         const void *initial, int flags, int *param) {
+  const char *fn = "tdm_add_param";
+  TDMI_TRY(check_param_args(e, module, name, dtype, flags, param));
+  tdmi_param p = {.module = module, .dtype = dtype, .ndim = ndim,
+                  .flags = flags, .bucket = -1};
+  size_t esize = tdmi_dtype_size(dtype);
+  TDMI_TRY(check_shape(fn, name, ndim, shape, esize, &p.numel));
+  if (ndim > 0)
+    memcpy(p.shape, shape, sizeof *shape * (size_t)ndim);
+  tdmi_module *m = &e->modules[module];
+  TDMI_TRY(grow((void **)&e->params, &e->params_cap, e->nparams,
+                sizeof *e->params));
+  int *list = realloc(m->params, sizeof *list * (size_t)(m->nparams + 1));
+  if (list)
+    m->params = list;
+  p.name = strdup(name);
+  if (initial && p.name && list && (p.initial = malloc(p.numel * esize)))
+    memcpy(p.initial, initial, p.numel * esize);
+  if (!list || !p.name || (initial && !p.initial)) {
+    free(p.name);
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: '%s': out of memory", fn, name);
+  }
+  m->params[m->nparams++] = e->nparams;
+  e->params[e->nparams] = p;
+  *param = e->nparams++;
+  return TDM_SUCCESS;
+}
+
+/* ---- tdm_prepare ---- */
+
+/* One line per module and parameter: what all ranks must agree on. */
+static char *describe_registration(const tdm_engine *e, size_t *len) {
+  size_t cap = 256 + (size_t)(e->nmodules + e->nparams) * 512;
+  char *text = malloc(cap);
+  if (!text)
+    return NULL;
+  size_t n = 0;
+  for (int i = 0; i < e->nmodules; i++)
+    n += (size_t)snprintf(text + n, cap - n, "module %d '%s'\n", i,
+                          e->modules[i].name);
+  for (int i = 0; i < e->nparams; i++) {
+    const tdmi_param *p = &e->params[i];
+    n += (size_t)snprintf(text + n, cap - n, "param %d '%s' of module '%s': %s [",
+                          i, p->name, e->modules[p->module].name,
+                          tdmi_dtype_name(p->dtype));
+    for (int d = 0; d < p->ndim; d++)
+      n += (size_t)snprintf(text + n, cap - n, "%s%lld", d ? ", " : "",
+                            (long long)p->shape[d]);
+    n += (size_t)snprintf(text + n, cap - n, "]%s\n",
+                          p->flags & TDM_PARAM_MAYBE_UNUSED ? " maybe-unused"
+                                                            : "");
+  }
+  *len = n + 1; /* with the terminating NUL */
+  return text;
+}
+
+static size_t line_len(const char *s) {
+  const char *nl = strchr(s, '\n');
+  return nl ? (size_t)(nl - s) : strlen(s);
+}
+
+/* Compares this rank's lines with rank 0's; names the first difference. */
+static tdm_status compare_registration(const tdm_engine *e, const char *mine,
+                                       const char *root) {
+  const char *a = mine, *b = root;
+  while (*a || *b) {
+    size_t la = line_len(a), lb = line_len(b);
+    if (la != lb || memcmp(a, b, la) != 0)
+      return tdmi_error(TDM_ERR_MISMATCH,
+                        "tdm_prepare: registration differs from rank 0: rank "
+                        "%d has %.*s; rank 0 has %.*s", e->rank,
+                        la ? (int)la : 7, la ? a : "nothing",
+                        lb ? (int)lb : 7, lb ? b : "nothing");
+    a += la + (a[la] == '\n');
+    b += lb + (b[lb] == '\n');
+  }
+  return TDM_SUCCESS;
+}
+
+static tdm_status check_registration(tdm_engine *e) {
+  size_t len = 0;
+  char *mine = describe_registration(e, &len);
+  uint64_t root_len = len;
+  tdm_status st = tdmi_bcast_bytes(e->comm, &root_len, sizeof root_len, 0);
+  char *root = st == TDM_SUCCESS ? malloc(root_len) : NULL;
+  if (root && e->rank == 0 && mine)
+    memcpy(root, mine, len);
+  /* Every rank joins the broadcast, even one that ran out of memory. */
+  char *buf = root ? root : malloc(root_len);
+  if (st == TDM_SUCCESS && buf)
+    st = tdmi_bcast_bytes(e->comm, buf, root_len, 0);
+  if (st == TDM_SUCCESS && (!mine || !root))
+    st = tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  if (st == TDM_SUCCESS)
+    st = compare_registration(e, mine, root);
+  if (!root)
+    free(buf);
+  free(root);
+  free(mine);
+  return st;
+}
+
+static size_t align_up(size_t n) {
+  return (n + TDMI_ALIGN - 1) / TDMI_ALIGN * TDMI_ALIGN;
+}
+
+/* Reverse registration order: gradients arrive last layer first. */
+static void lay_out(tdm_engine *e) {
+  size_t end[TDM_NUM_DTYPES] = {0};
+  for (int i = e->nparams - 1; i >= 0; i--) {
+    tdmi_param *p = &e->params[i];
+    p->offset = align_up(end[p->dtype]);
+    end[p->dtype] = p->offset + p->numel * tdmi_dtype_size(p->dtype);
+  }
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    e->flat[d].bytes = align_up(end[d]);
+}
+
+/* Walks parameters in reverse order; a bucket closes when the next
+ * parameter has another dtype or would exceed the cap. */
+static int assign_buckets(tdm_engine *e, tdmi_bucket *out) {
+  int nb = 0;
+  for (int i = e->nparams - 1; i >= 0; i--) {
+    tdmi_param *p = &e->params[i];
+    size_t end = p->offset + p->numel * tdmi_dtype_size(p->dtype);
+    tdmi_bucket *b = nb ? &out[nb - 1] : NULL;
+    size_t cap = nb <= 1 ? e->first_bucket_cap : e->bucket_cap;
+    if (!b || b->dtype != p->dtype || end - b->offset > cap) {
+      b = &out[nb++];
+      memset(b, 0, sizeof *b);
+      b->dtype = p->dtype;
+      b->offset = p->offset;
+      b->request = MPI_REQUEST_NULL;
+    }
+    b->bytes = end - b->offset;
+    b->nparams++;
+    p->bucket = nb - 1;
+  }
+  return nb;
+}
+
+static tdm_status allocate(tdm_engine *e) {
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    tdmi_flat *f = &e->flat[d];
+    if (f->bytes == 0)
+      continue;
+    f->data = aligned_alloc(TDMI_ALIGN, f->bytes);
+    f->grad = aligned_alloc(TDMI_ALIGN, f->bytes);
+    if (!f->data || !f->grad)
+      return tdmi_error(TDM_ERR_NO_MEMORY,
+                        "tdm_prepare: out of memory for %zu bytes of %s "
+                        "parameters", 2 * f->bytes, tdmi_dtype_name(d));
+    memset(f->data, 0, f->bytes);
+    memset(f->grad, 0, f->bytes);
+  }
+  for (int i = 0; i < e->nparams; i++) {
+    tdmi_param *p = &e->params[i];
+    if (p->initial)
+      memcpy((char *)e->flat[p->dtype].data + p->offset, p->initial,
+             p->numel * tdmi_dtype_size(p->dtype));
+    free(p->initial);
+    p->initial = NULL;
+  }
+  e->buckets = malloc(sizeof *e->buckets * (size_t)(e->nparams ? e->nparams : 1));
+  if (!e->buckets)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  e->nbuckets = assign_buckets(e, e->buckets);
+  return TDM_SUCCESS;
+}
+
+static void log_layout(const tdm_engine *e) {
+  for (int b = 0; b < e->nbuckets; b++)
+    tdmi_log(e->ctx, TDM_LOG_DEBUG, "engine: bucket %d: %s, %zu bytes, %d "
+             "params", b, tdmi_dtype_name(e->buckets[b].dtype),
+             e->buckets[b].bytes, e->buckets[b].nparams);
+  tdmi_log(e->ctx, TDM_LOG_INFO, "engine: prepared %d params in %d modules, "
+           "%d buckets", e->nparams, e->nmodules, e->nbuckets);
+}
+
+tdm_status tdm_prepare(tdm_engine *e) {
+  const char *fn = "tdm_prepare";
+  TDMI_TRY(check_unprepared(e, fn));
+  tdm_status st = e->nparams > 0
+                      ? TDM_SUCCESS
+                      : tdmi_error(TDM_ERR_INVALID_USAGE,
+                                   "%s: no parameters are registered", fn);
+  /* The registration check is collective whatever the local status. */
+  tdm_status reg = check_registration(e);
+  if (st == TDM_SUCCESS)
+    st = reg;
+  if (st == TDM_SUCCESS) {
+    lay_out(e);
+    st = allocate(e);
+  }
+  st = tdmi_agree(e->comm, st, fn);
+  for (int d = 0; d < TDM_NUM_DTYPES && st == TDM_SUCCESS; d++)
+    if (e->flat[d].bytes)
+      st = tdmi_bcast_bytes(e->comm, e->flat[d].data, e->flat[d].bytes, 0);
+  if (st == TDM_SUCCESS)
+    st = tdmi_stream_start(e);
+  st = tdmi_agree(e->comm, st, fn);
+  if (st != TDM_SUCCESS)
+    return st;
+  e->prepared = 1;
+  log_layout(e);
+  return TDM_SUCCESS;
+}
+
+/* ---- lookups ---- */
+
+static tdm_status check_param_index(const tdm_engine *e, const char *fn,
+                                    int param) {
+  if (param < 0 || param >= e->nparams)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: param %d is not registered (%d params)", fn, param,
+                      e->nparams);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_param_buffers(tdm_engine *e, int param, void **data,
+                             void **grad) {
+  const char *fn = "tdm_param_buffers";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  TDMI_TRY(check_param_index(e, fn, param));
+  const tdmi_param *p = &e->params[param];
+  if (data)
+    *data = (char *)e->flat[p->dtype].data + p->offset;
+  if (grad)
+    *grad = (char *)e->flat[p->dtype].grad + p->offset;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_find_param(const tdm_engine *e, const char *name, int *param) {
+  const char *fn = "tdm_find_param";
+  TDMI_TRY(tdmi_engine_check(e, fn));
+  TDMI_TRY(tdmi_check_ptr(fn, name, "name"));
+  TDMI_TRY(tdmi_check_ptr(fn, param, "param"));
+  for (int i = 0; i < e->nparams; i++)
+    if (strcmp(e->params[i].name, name) == 0) {
+      *param = i;
+      return TDM_SUCCESS;
+    }
+  return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                    "%s: no parameter is named '%s'", fn, name);
+}
+
+tdm_status tdm_get_bucket_count(const tdm_engine *e, int *count) {
+  TDMI_TRY(tdmi_engine_check_prepared(e, "tdm_get_bucket_count"));
+  TDMI_TRY(tdmi_check_ptr("tdm_get_bucket_count", count, "count"));
+  *count = e->nbuckets;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_get_param_bucket(const tdm_engine *e, int param, int *bucket) {
+  const char *fn = "tdm_get_param_bucket";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  TDMI_TRY(check_param_index(e, fn, param));
+  TDMI_TRY(tdmi_check_ptr(fn, bucket, "bucket"));
+  *bucket = e->params[param].bucket;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_get_progress_mode(const tdm_engine *e, tdm_progress_mode *mode) {
+  TDMI_TRY(tdmi_engine_check(e, "tdm_get_progress_mode"));
+  TDMI_TRY(tdmi_check_ptr("tdm_get_progress_mode", mode, "mode"));
+  *mode = e->mode;
+  return TDM_SUCCESS;
+}
+
+/* ---- the optimizer's view ---- */
+
+int tdmi_engine_span_count(const tdm_engine *e) {
+  int n = 0;
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    n += e->flat[d].bytes > 0;
+  return n;
+}
+
+tdmi_span tdmi_engine_span(const tdm_engine *e, int i) {
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    if (e->flat[d].bytes == 0 || i-- > 0)
+      continue;
+    const tdmi_flat *f = &e->flat[d];
+    return (tdmi_span){d, f->data, f->grad, f->bytes / tdmi_dtype_size(d)};
+  }
+  return (tdmi_span){TDM_F32, NULL, NULL, 0};
+}

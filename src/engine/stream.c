@@ -1,0 +1,370 @@
+/* stream.c - the gradient stream of one micro-step.  Each bucket runs
+ *   IDLE -> FILLING -> READY -> IN_FLIGHT -> REDUCED -> IDLE
+ * and launches strictly in index order, so every rank issues the same
+ * collectives in the same order whatever order its gradients arrive in.
+ * Reductions progress by polling from tandem's calls, or on a
+ * communication thread (MPI_THREAD_MULTIPLE).  Bucket state is guarded by
+ * e->lock in both modes. */
+#include <string.h>
+
+#include "engine.h"
+
+static const char *const state_names[] = {"IDLE", "FILLING", "READY",
+                                          "IN_FLIGHT", "REDUCED"};
+
+const char *tdmi_bucket_state_name(tdm_bucket_state s) {
+  return (unsigned)s <= TDM_BUCKET_REDUCED ? state_names[s] : "?";
+}
+
+static void set_state(tdm_engine *e, int b, tdm_bucket_state to) {
+  tdmi_log(e->ctx, TDM_LOG_DEBUG, "engine: bucket %d %s -> %s", b,
+           state_names[e->buckets[b].state], state_names[to]);
+  e->buckets[b].state = to;
+}
+
+/* Keeps the first communication failure; its sentence is re-raised by the
+ * thread that reports it.  Called with the lock held. */
+static void note_comm_failure(tdm_engine *e, tdm_status st) {
+  if (st == TDM_SUCCESS || e->comm_status != TDM_SUCCESS)
+    return;
+  e->comm_status = st;
+  snprintf(e->comm_msg, sizeof e->comm_msg, "%s", tdm_last_error());
+}
+
+static void finish_bucket(tdm_engine *e, int b, tdm_status st) {
+  note_comm_failure(e, st);
+  set_state(e, b, TDM_BUCKET_REDUCED);
+  e->nreduced++;
+}
+
+/* ---- poll mode ---- */
+
+/* Launches the READY buckets that are next in order.  Lock held. */
+static void launch_in_order(tdm_engine *e) {
+  while (e->next_launch < e->nbuckets &&
+         e->buckets[e->next_launch].state == TDM_BUCKET_READY) {
+    int b = e->next_launch++;
+    tdm_status st = e->strategy->launch(e, &e->buckets[b]);
+    set_state(e, b, TDM_BUCKET_IN_FLIGHT);
+    if (st != TDM_SUCCESS)
+      finish_bucket(e, b, st);
+  }
+}
+
+/* Tests the buckets in flight.  Lock held. */
+static void poll_in_flight(tdm_engine *e) {
+  for (int b = 0; b < e->next_launch; b++) {
+    if (e->buckets[b].state != TDM_BUCKET_IN_FLIGHT)
+      continue;
+    int done = 0;
+    tdm_status st = e->strategy->test(e, &e->buckets[b], &done);
+    if (done || st != TDM_SUCCESS)
+      finish_bucket(e, b, st);
+  }
+}
+
+/* Waits for every bucket in flight, in launch order.  Lock held. */
+static void wait_launched(tdm_engine *e) {
+  for (int b = 0; b < e->next_launch; b++)
+    if (e->buckets[b].state == TDM_BUCKET_IN_FLIGHT)
+      finish_bucket(e, b, e->strategy->wait(e, &e->buckets[b]));
+}
+
+static void advance(tdm_engine *e) {
+  if (e->mode == TDM_PROGRESS_POLL) {
+    launch_in_order(e);
+    poll_in_flight(e);
+  } else {
+    pthread_cond_broadcast(&e->cond);
+  }
+}
+
+/* ---- thread mode ---- */
+
+static int next_is_ready(const tdm_engine *e) {
+  return e->next_launch < e->nbuckets &&
+         e->buckets[e->next_launch].state == TDM_BUCKET_READY;
+}
+
+static void *comm_thread(void *arg) {
+  tdm_engine *e = arg;
+  pthread_mutex_lock(&e->lock);
+  for (;;) {
+    while (!e->quit && !next_is_ready(e))
+      pthread_cond_wait(&e->cond, &e->lock);
+    if (!next_is_ready(e)) /* quit, and nothing left to reduce */
+      break;
+    int b = e->next_launch++;
+    set_state(e, b, TDM_BUCKET_IN_FLIGHT);
+    pthread_mutex_unlock(&e->lock);
+    tdm_status st = e->strategy->launch(e, &e->buckets[b]);
+    if (st == TDM_SUCCESS)
+      st = e->strategy->wait(e, &e->buckets[b]);
+    pthread_mutex_lock(&e->lock);
+    finish_bucket(e, b, st);
+    pthread_cond_broadcast(&e->cond);
+  }
+  pthread_mutex_unlock(&e->lock);
+  return NULL;
+}
+
+tdm_status tdmi_stream_start(tdm_engine *e) {
+  if (e->mode != TDM_PROGRESS_THREAD)
+    return TDM_SUCCESS;
+  if (pthread_create(&e->thread, NULL, comm_thread, e) != 0)
+    return tdmi_error(TDM_ERR_INTERNAL,
+                      "tdm_prepare: cannot start the communication thread");
+  e->thread_running = 1;
+  return TDM_SUCCESS;
+}
+
+/* Finishes what is in flight, then stops the thread. */
+void tdmi_stream_stop(tdm_engine *e) {
+  pthread_mutex_lock(&e->lock);
+  if (e->mode == TDM_PROGRESS_POLL) {
+    wait_launched(e);
+  }
+  e->quit = 1;
+  pthread_cond_broadcast(&e->cond);
+  pthread_mutex_unlock(&e->lock);
+  if (e->thread_running)
+    pthread_join(e->thread, NULL);
+  e->thread_running = 0;
+}
+
+/* Blocks until every launched bucket is reduced. */
+static void wait_all(tdm_engine *e) {
+  pthread_mutex_lock(&e->lock);
+  if (e->mode == TDM_PROGRESS_POLL) {
+    launch_in_order(e);
+    wait_launched(e);
+  } else {
+    pthread_cond_broadcast(&e->cond);
+    while (e->nreduced < e->nbuckets)
+      pthread_cond_wait(&e->cond, &e->lock);
+  }
+  pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- the micro-step ---- */
+
+static tdm_status check_in_backward(const tdm_engine *e, const char *fn) {
+  if (!e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: no micro-step is in progress (call "
+                      "tdm_backward_begin first)", fn);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_backward_begin(tdm_engine *e) {
+  const char *fn = "tdm_backward_begin";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  if (e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: the micro-step in progress has not ended (call "
+                      "tdm_backward_end first)", fn);
+  e->syncing = e->force_sync || e->micro == e->accumulation_steps - 1;
+  e->force_sync = 0;
+  e->at_boundary = 0;
+  e->sticky = TDM_SUCCESS;
+  for (int i = 0; i < e->nparams; i++)
+    e->params[i].ready = 0;
+  pthread_mutex_lock(&e->lock);
+  for (int b = 0; b < e->nbuckets; b++) {
+    if (e->buckets[b].state != TDM_BUCKET_IDLE)
+      set_state(e, b, TDM_BUCKET_IDLE);
+    e->buckets[b].pending = e->buckets[b].nparams;
+  }
+  e->next_launch = e->nreduced = 0;
+  e->comm_status = TDM_SUCCESS;
+  pthread_mutex_unlock(&e->lock);
+  e->in_backward = 1;
+  return TDM_SUCCESS;
+}
+
+/* Counts the parameter in its bucket; the bucket may become READY. */
+static void mark(tdm_engine *e, int param) {
+  e->params[param].ready = 1;
+  if (!e->syncing)
+    return;
+  int b = e->params[param].bucket;
+  tdmi_bucket *bk = &e->buckets[b];
+  pthread_mutex_lock(&e->lock);
+  if (bk->state == TDM_BUCKET_IDLE)
+    set_state(e, b, TDM_BUCKET_FILLING);
+  if (--bk->pending == 0)
+    set_state(e, b, TDM_BUCKET_READY);
+  advance(e);
+  pthread_mutex_unlock(&e->lock);
+}
+
+/* The first error of a micro-step is reported again by tdm_backward_end,
+ * so that every rank fails there together. */
+static tdm_status remember(tdm_engine *e, tdm_status st) {
+  if (st != TDM_SUCCESS && e->sticky == TDM_SUCCESS) {
+    e->sticky = st;
+    snprintf(e->sticky_msg, sizeof e->sticky_msg, "%s", tdm_last_error());
+  }
+  return st;
+}
+
+static tdm_status mark_checked(tdm_engine *e, int param, const char *fn) {
+  if (param < 0 || param >= e->nparams)
+    return remember(e, tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                                  "%s: param %d is not registered (%d params)",
+                                  fn, param, e->nparams));
+  if (e->params[param].ready)
+    return remember(e, tdmi_error(TDM_ERR_INVALID_USAGE,
+                                  "%s: the gradient of '%s' (param %d) was "
+                                  "already marked ready in this micro-step",
+                                  fn, e->params[param].name, param));
+  mark(e, param);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_grad_ready(tdm_engine *e, int param) {
+  const char *fn = "tdm_grad_ready";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  TDMI_TRY(check_in_backward(e, fn));
+  return mark_checked(e, param, fn);
+}
+
+tdm_status tdm_module_grads_ready(tdm_engine *e, int module) {
+  const char *fn = "tdm_module_grads_ready";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  TDMI_TRY(check_in_backward(e, fn));
+  if (module < 0 || module >= e->nmodules)
+    return remember(e, tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                                  "%s: module %d is not registered (%d "
+                                  "modules)", fn, module, e->nmodules));
+  const tdmi_module *m = &e->modules[module];
+  for (int i = 0; i < m->nparams; i++)
+    TDMI_TRY(mark_checked(e, m->params[i], fn));
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_progress(tdm_engine *e) {
+  TDMI_TRY(tdmi_engine_check_prepared(e, "tdm_progress"));
+  if (e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing) {
+    pthread_mutex_lock(&e->lock);
+    advance(e);
+    pthread_mutex_unlock(&e->lock);
+  }
+  return TDM_SUCCESS;
+}
+
+/* Parameters that got no gradient: zero if maybe-unused, else an error
+ * naming the first.  Either way they are marked, so that every bucket
+ * launches and no other rank waits for this one. */
+static tdm_status mark_unused(tdm_engine *e) {
+  tdm_status st = TDM_SUCCESS;
+  for (int i = 0; i < e->nparams; i++) {
+    const tdmi_param *p = &e->params[i];
+    if (p->ready)
+      continue;
+    if (!(p->flags & TDM_PARAM_MAYBE_UNUSED) && st == TDM_SUCCESS)
+      st = tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "tdm_backward_end: parameter '%s' (param %d, module "
+                      "'%s') got no gradient in this micro-step; mark it "
+                      "ready, or register it with TDM_PARAM_MAYBE_UNUSED",
+                      p->name, i, e->modules[p->module].name);
+    mark(e, i);
+  }
+  return st;
+}
+
+static void end_cycle(tdm_engine *e) {
+  if (e->syncing) {
+    e->micro = 0;
+    e->at_boundary = 1;
+  } else {
+    e->micro++;
+  }
+}
+
+tdm_status tdm_backward_end(tdm_engine *e) {
+  const char *fn = "tdm_backward_end";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  TDMI_TRY(check_in_backward(e, fn));
+  tdm_status unused = mark_unused(e);
+  if (e->syncing)
+    wait_all(e);
+  e->in_backward = 0;
+  end_cycle(e);
+  tdm_status st = e->sticky;
+  if (st != TDM_SUCCESS)
+    tdmi_error(st, "%s", e->sticky_msg);
+  else if (e->comm_status != TDM_SUCCESS)
+    st = tdmi_error(e->comm_status, "%s: %s", fn, e->comm_msg);
+  else
+    st = unused;
+  return tdmi_agree(e->comm, st, fn);
+}
+
+tdm_status tdm_loss_scale(const tdm_engine *e, double *scale) {
+  TDMI_TRY(tdmi_engine_check(e, "tdm_loss_scale"));
+  TDMI_TRY(tdmi_check_ptr("tdm_loss_scale", scale, "scale"));
+  *scale = 1.0 / ((double)e->size * e->accumulation_steps);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_is_sync_step(const tdm_engine *e, int *yes) {
+  TDMI_TRY(tdmi_engine_check(e, "tdm_is_sync_step"));
+  TDMI_TRY(tdmi_check_ptr("tdm_is_sync_step", yes, "yes"));
+  *yes = e->in_backward ? e->syncing
+                        : e->force_sync || e->micro == e->accumulation_steps - 1;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_sync_now(tdm_engine *e) {
+  TDMI_TRY(tdmi_engine_check_prepared(e, "tdm_sync_now"));
+  if (e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "tdm_sync_now: a micro-step is in progress; call it "
+                      "before tdm_backward_begin of the micro-step to sync");
+  e->force_sync = 1;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_get_bucket(tdm_engine *e, int bucket, tdm_bucket_state *state,
+                          size_t *bytes, int *param_count) {
+  const char *fn = "tdm_get_bucket";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  if (bucket < 0 || bucket >= e->nbuckets)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: bucket %d does not exist (%d buckets)", fn, bucket,
+                      e->nbuckets);
+  pthread_mutex_lock(&e->lock);
+  if (e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing)
+    poll_in_flight(e);
+  if (state)
+    *state = e->buckets[bucket].state;
+  pthread_mutex_unlock(&e->lock);
+  if (bytes)
+    *bytes = e->buckets[bucket].bytes;
+  if (param_count)
+    *param_count = e->buckets[bucket].nparams;
+  return TDM_SUCCESS;
+}
+
+/* ---- the step protocol for the optimizer layer ---- */
+
+tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  if (e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: backward of the micro-step has not finished (call "
+                      "tdm_backward_end first)", fn);
+  *step = e->at_boundary;
+  return TDM_SUCCESS;
+}
+
+void tdmi_engine_step_end(tdm_engine *e) {
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    if (e->flat[d].bytes)
+      memset(e->flat[d].grad, 0, e->flat[d].bytes);
+  e->at_boundary = 0;
+  e->steps++;
+}
+
+int64_t tdmi_engine_steps(const tdm_engine *e) { return e->steps; }
