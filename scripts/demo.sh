@@ -5,4 +5,4 @@ set -e
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/deps.sh"
 "$top/scripts/build.sh" "$top/_build/default" --prefix="$top/_build/prefix"
-exec "$top/scripts/mpirun.sh" -np 4 "$top/_build/default/examples/collectives_report"
+exec "$top/scripts/mpirun.sh" -np 4 "$top/_build/default/examples/mlp/mlp"

@@ -46,9 +46,14 @@ step "program outside the tree, built with pkg-config, runs under mpirun -np 3" 
      \$(pkg-config --cflags --libs tandem) -Wl,-rpath,'$b/prefix/lib' && \
    '$top/scripts/mpirun.sh' -np 3 '$b/hello_tandem'"
 for np in 1 2 3 4; do
-  step "main job: examples/collectives_report on $np ranks" \
-    "$top/scripts/mpirun.sh" -np $np "$b/default/examples/collectives_report"
+  step "main job: examples/mlp trains on $np ranks" \
+    "$top/scripts/mpirun.sh" -np $np "$b/default/examples/mlp/mlp"
 done
+step "examples/mlp with 2 accumulation micro-steps, poll mode, 3 ranks" \
+  env TANDEM_GRADIENT_ACCUMULATION_STEPS=2 TANDEM_PROGRESS=poll \
+  "$top/scripts/mpirun.sh" -np 3 "$b/default/examples/mlp/mlp"
+step "examples/collectives_report on 3 ranks" \
+  "$top/scripts/mpirun.sh" -np 3 "$b/default/examples/collectives_report"
 for np in 2 3; do
   step "bench/collectives correctness (#wrong = 0) on $np ranks" \
     "$top/scripts/mpirun.sh" -np $np "$b/default/bench/collectives" -b 8 -e 1048576 -f 8 -n 5 -w 1

@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
   TRY(tdm_print(ctx, "mlp: %d ranks x batch %d x %d micro-steps, %d steps\n",
                 size, BATCH_PER_RANK, accum, steps));
 
-  double scale, loss, step_loss = 0, mean_loss;
+  double scale, loss, step_loss = 0, mean_loss, first_loss = 0;
   TRY(tdm_loss_scale(engine, &scale)); /* 1 / (ranks * micro-steps) */
   long micro = 0;
   for (int step = 0; step < steps;) {
@@ -65,15 +65,21 @@ int main(int argc, char **argv) {
     if (!stepped)
       continue;
     TRY(tdm_allreduce(ctx, &step_loss, &mean_loss, 1, TDM_F64, TDM_MEAN));
+    if (step == 0)
+      first_loss = mean_loss;
     if (step % 50 == 0 || step == steps - 1)
       TRY(tdm_print(ctx, "step %4d  loss %.6f\n", step, mean_loss));
     step_loss = 0;
     step++;
   }
+  /* The main job doubles as a check: training must have worked. */
+  int learned = mean_loss < 0.25 * first_loss;
+  TRY(tdm_print(ctx, "mlp: loss %.4f -> %.4f: %s\n", first_loss, mean_loss,
+                learned ? "learned" : "DID NOT LEARN"));
   free(x);
   free(y);
   TRY(tdm_optimizer_destroy(opt));
   TRY(tdm_engine_destroy(engine));
   TRY(tdm_finalize(ctx));
-  return 0;
+  return learned ? 0 : 1;
 }

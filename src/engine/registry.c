@@ -252,6 +252,7 @@ static char *describe_registration(const tdm_engine *e, size_t *len) {
   if (!text)
     return NULL;
   size_t n = 0;
+  text[0] = '\0';
   for (int i = 0; i < e->nmodules; i++)
     n += (size_t)snprintf(text + n, cap - n, "module %d '%s'\n", i,
                           e->modules[i].name);
@@ -397,14 +398,10 @@ static void log_layout(const tdm_engine *e) {
 tdm_status tdm_prepare(tdm_engine *e) {
   const char *fn = "tdm_prepare";
   TDMI_TRY(check_unprepared(e, fn));
-  tdm_status st = e->nparams > 0
-                      ? TDM_SUCCESS
-                      : tdmi_error(TDM_ERR_INVALID_USAGE,
-                                   "%s: no parameters are registered", fn);
-  /* The registration check is collective whatever the local status. */
-  tdm_status reg = check_registration(e);
-  if (st == TDM_SUCCESS)
-    st = reg;
+  tdm_status st = check_registration(e);
+  if (st == TDM_SUCCESS && e->nparams == 0)
+    st = tdmi_error(TDM_ERR_INVALID_USAGE, "%s: no parameters are registered",
+                    fn);
   if (st == TDM_SUCCESS) {
     lay_out(e);
     st = allocate(e);
