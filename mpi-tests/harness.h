@@ -64,4 +64,15 @@ static inline void th_start(void) {
   MPI_Comm_rank(MPI_COMM_WORLD, &th_rank);
 }
 
+/* MPI_Init_thread at level and th_start; returns the level provided. */
+static inline int th_init(int *argc, char ***argv, int level, int *rank,
+                          int *size) {
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Init_thread(argc, argv, level, &provided);
+  th_start();
+  MPI_Comm_rank(MPI_COMM_WORLD, rank);
+  MPI_Comm_size(MPI_COMM_WORLD, size);
+  return provided;
+}
+
 #endif

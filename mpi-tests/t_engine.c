@@ -305,11 +305,7 @@ static void maybe_unused(int progress) {
 }
 
 int main(int argc, char **argv) {
-  int provided;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  th_start();
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int provided = th_init(&argc, &argv, MPI_THREAD_MULTIPLE, &rank, &size);
   int modes[2] = {TDM_PROGRESS_POLL, TDM_PROGRESS_THREAD};
   int nmodes = provided == MPI_THREAD_MULTIPLE ? 2 : 1;
   if (nmodes == 1 && rank == 0)

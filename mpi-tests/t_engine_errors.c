@@ -255,11 +255,7 @@ static void bad_options(void) {
 }
 
 int main(int argc, char **argv) {
-  int provided;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  th_start();
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int provided = th_init(&argc, &argv, MPI_THREAD_MULTIPLE, &rank, &size);
   const char *modes[2] = {"poll", "thread"};
   for (int m = 0; m < (provided == MPI_THREAD_MULTIPLE ? 2 : 1); m++) {
     tdm_options o = TDM_OPTIONS_INIT;

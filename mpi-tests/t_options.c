@@ -152,11 +152,7 @@ static void test_one_rank_fails(void) {
 }
 
 int main(int argc, char **argv) {
-  int provided;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_SINGLE, &provided);
-  th_start();
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  th_init(&argc, &argv, MPI_THREAD_SINGLE, &rank, &size);
   snprintf(dir, sizeof dir, "/tmp/tdm_options_XXXXXX");
   TH_CHECK(mkdtemp(dir) != NULL, "mkdtemp");
   unsetenv("TANDEM_LOG");
