@@ -57,6 +57,8 @@ step "examples/collectives_report on 3 ranks" \
 for np in 2 3; do
   step "bench/collectives correctness (#wrong = 0) on $np ranks" \
     "$top/scripts/mpirun.sh" -np $np "$b/default/bench/collectives" -b 8 -e 1048576 -f 8 -n 5 -w 1
+  step "bench/grad_sync correctness (--check) on $np ranks" \
+    "$top/scripts/mpirun.sh" -np $np "$b/default/bench/grad_sync" --check
 done
 
 # 2. Without CUDA, as on a CPU-only cluster.

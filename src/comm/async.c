@@ -40,6 +40,16 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                            : tdmi_mpi_error(rc, "MPI_Iallreduce (bucket)");
 }
 
+tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype) {
+  if (count > INT_MAX)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "bucket of %zu elements exceeds MPI's int count", count);
+  int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)count,
+                         tdmi_mpi_move_type(dtype), MPI_SUM, comm);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Allreduce (bucket)");
+}
+
 tdm_status tdmi_test(MPI_Request *req, int *done) {
   int rc = MPI_Test(req, done, MPI_STATUS_IGNORE);
   return rc == MPI_SUCCESS ? TDM_SUCCESS

@@ -70,6 +70,9 @@ int tdmi_thread_multiple(void);
 /* Starts an in-place sum of count elements (f32 or f64) over comm. */
 tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                      MPI_Request *req);
+/* The same, blocking: the communication thread's call, since MPI's
+ * blocking allreduce is its fastest algorithm. */
+tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype);
 tdm_status tdmi_test(MPI_Request *req, int *done);
 tdm_status tdmi_wait(MPI_Request *req);
 /* Broadcasts bytes from root, in chunks that fit MPI's int count. */

@@ -19,5 +19,11 @@ static tdm_status ddp_wait(tdm_engine *e, tdmi_bucket *b) {
   return tdmi_wait(&b->request);
 }
 
+static tdm_status ddp_reduce(tdm_engine *e, tdmi_bucket *b) {
+  void *grad = (char *)e->flat[b->dtype].grad + b->offset;
+  return tdmi_sum(e->comm, grad, b->bytes / tdmi_dtype_size(b->dtype),
+                  b->dtype);
+}
+
 const tdmi_strategy tdmi_strategy_ddp = {"ddp", ddp_launch, ddp_test,
-                                         ddp_wait};
+                                         ddp_wait, ddp_reduce};

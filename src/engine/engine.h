@@ -51,11 +51,13 @@ typedef struct {
 
 typedef struct tdmi_strategy {
   const char *name;
-  /* Starts the bucket's gradient collective. */
+  /* Poll mode: starts the bucket's gradient collective, tests whether it
+   * finished, or waits for it. */
   tdm_status (*launch)(tdm_engine *e, tdmi_bucket *b);
-  /* Whether it finished (poll mode), or waits for it (thread mode). */
   tdm_status (*test)(tdm_engine *e, tdmi_bucket *b, int *done);
   tdm_status (*wait)(tdm_engine *e, tdmi_bucket *b);
+  /* Thread mode: the whole collective, blocking. */
+  tdm_status (*reduce)(tdm_engine *e, tdmi_bucket *b);
 } tdmi_strategy;
 
 extern const tdmi_strategy tdmi_strategy_ddp;
