@@ -145,7 +145,11 @@ static void step_errors(void) {
   TH_OK(tdm_find_param(e, "b.w", &m));
   TH_CHECK(m == 2, "b.w is param %d", m);
   TH_OK(tdm_optimizer_destroy(opt));
+  TH_FAILS(tdm_step(opt, &stepped), TDM_ERR_INVALID_USAGE,
+           "not a live optimizer");
   TH_OK(tdm_engine_destroy(e));
+  TH_FAILS(tdm_backward_begin(e), TDM_ERR_INVALID_USAGE, "not a live engine");
+  TH_FAILS(tdm_engine_destroy(e), TDM_ERR_INVALID_USAGE, "not a live engine");
 }
 
 static void bad_arguments(void) {

@@ -9,41 +9,70 @@
 #include "core.h"
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static const tdm_context **live;
+static struct {
+  const void *handle;
+  tdmi_handle_kind kind;
+} *live;
 static int nlive, live_cap;
 
-tdm_status tdmi_context_register(tdm_context *ctx) {
+tdm_status tdmi_handle_register(const void *h, tdmi_handle_kind kind) {
   tdm_status st = TDM_SUCCESS;
   pthread_mutex_lock(&registry_lock);
   if (nlive == live_cap) {
     int cap = live_cap ? 2 * live_cap : 8;
-    const tdm_context **grown = realloc(live, sizeof *live * (size_t)cap);
+    void *grown = realloc(live, sizeof *live * (size_t)cap);
     if (grown)
       live = grown, live_cap = cap;
     else
-      st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory registering a context");
+      st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory registering a handle");
   }
-  if (st == TDM_SUCCESS)
-    live[nlive++] = ctx;
+  if (st == TDM_SUCCESS) {
+    live[nlive].handle = h;
+    live[nlive++].kind = kind;
+  }
   pthread_mutex_unlock(&registry_lock);
   return st;
 }
 
-int tdmi_context_unregister(tdm_context *ctx) {
+static int count_kind(tdmi_handle_kind kind) {
+  int n = 0;
+  for (int i = 0; i < nlive; i++)
+    n += live[i].kind == kind;
+  return n;
+}
+
+int tdmi_handle_unregister(const void *h, tdmi_handle_kind kind) {
   pthread_mutex_lock(&registry_lock);
   for (int i = 0; i < nlive; i++)
-    if (live[i] == ctx) {
+    if (live[i].handle == h && live[i].kind == kind) {
       live[i] = live[--nlive];
       break;
     }
-  int left = nlive;
+  int left = count_kind(kind);
   pthread_mutex_unlock(&registry_lock);
   return left;
 }
 
+int tdmi_handle_live(const void *h, tdmi_handle_kind kind) {
+  int found = 0;
+  pthread_mutex_lock(&registry_lock);
+  for (int i = 0; i < nlive && !found; i++)
+    found = live[i].handle == h && live[i].kind == kind;
+  pthread_mutex_unlock(&registry_lock);
+  return found;
+}
+
+tdm_status tdmi_context_register(tdm_context *ctx) {
+  return tdmi_handle_register(ctx, TDMI_HANDLE_CONTEXT);
+}
+
+int tdmi_context_unregister(tdm_context *ctx) {
+  return tdmi_handle_unregister(ctx, TDMI_HANDLE_CONTEXT);
+}
+
 int tdmi_context_count(void) {
   pthread_mutex_lock(&registry_lock);
-  int n = nlive;
+  int n = count_kind(TDMI_HANDLE_CONTEXT);
   pthread_mutex_unlock(&registry_lock);
   return n;
 }
@@ -51,12 +80,7 @@ int tdmi_context_count(void) {
 tdm_status tdmi_context_check(const tdm_context *ctx, const char *fn) {
   if (ctx == NULL)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
-  int found = 0;
-  pthread_mutex_lock(&registry_lock);
-  for (int i = 0; i < nlive && !found; i++)
-    found = live[i] == ctx;
-  pthread_mutex_unlock(&registry_lock);
-  if (!found)
+  if (!tdmi_handle_live(ctx, TDMI_HANDLE_CONTEXT))
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: ctx %p is not a live context (finalized, or never "
                       "returned by tdm_init)", fn, (const void *)ctx);

@@ -74,6 +74,17 @@ tdm_status tdmi_context_create(MPI_Comm parent, tdm_context **ctx);
 /* Frees communicators and memory (collective). */
 void tdmi_context_destroy(tdm_context *ctx);
 
+/* Registry of live handles, so that a call on a destroyed or unknown
+ * handle is an error instead of a use after free. */
+typedef enum {
+  TDMI_HANDLE_CONTEXT,
+  TDMI_HANDLE_ENGINE,
+  TDMI_HANDLE_OPTIMIZER
+} tdmi_handle_kind;
+tdm_status tdmi_handle_register(const void *h, tdmi_handle_kind kind);
+int tdmi_handle_unregister(const void *h, tdmi_handle_kind kind); /* left */
+int tdmi_handle_live(const void *h, tdmi_handle_kind kind);
+
 /* Live-context registry: the guard every public call on a context runs. */
 tdm_status tdmi_context_register(tdm_context *ctx);
 int tdmi_context_unregister(tdm_context *ctx); /* returns contexts left */

@@ -9,6 +9,11 @@
 tdm_status tdmi_engine_check(const tdm_engine *e, const char *fn) {
   if (e == NULL)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: engine is NULL", fn);
+  if (!tdmi_handle_live(e, TDMI_HANDLE_ENGINE))
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: engine %p is not a live engine (destroyed, or "
+                      "never returned by tdm_engine_create)", fn,
+                      (const void *)e);
   return tdmi_context_check(e->ctx, fn);
 }
 
@@ -60,6 +65,7 @@ static tdm_engine *engine_new(tdm_context *ctx) {
 }
 
 static void engine_free(tdm_engine *e) {
+  tdmi_handle_unregister(e, TDMI_HANDLE_ENGINE);
   tdmi_comm_free(&e->comm);
   for (int i = 0; i < e->nparams; i++) {
     free(e->params[i].name);
@@ -92,6 +98,8 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
   }
   if (st == TDM_SUCCESS)
     st = tdmi_comm_dup(ctx->comm, &e->comm);
+  if (st == TDM_SUCCESS)
+    st = tdmi_handle_register(e, TDMI_HANDLE_ENGINE);
   st = tdmi_agree(ctx->comm, st, "tdm_engine_create");
   if (st != TDM_SUCCESS) {
     if (e)

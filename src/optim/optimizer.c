@@ -57,7 +57,18 @@ static tdm_status read_options(const tdm_optimizer_options *in, tdmi_sgd *out) {
   return TDM_SUCCESS;
 }
 
+static tdm_status check_optimizer(const tdm_optimizer *opt, const char *fn) {
+  TDMI_CHECK_PTR(opt, fn);
+  if (!tdmi_handle_live(opt, TDMI_HANDLE_OPTIMIZER))
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: optimizer %p is not a live optimizer (destroyed, "
+                      "or never returned by tdm_optimizer_create)", fn,
+                      (const void *)opt);
+  return TDM_SUCCESS;
+}
+
 static void optimizer_free(tdm_optimizer *opt) {
+  tdmi_handle_unregister(opt, TDMI_HANDLE_OPTIMIZER);
   for (int i = 0; opt->momentum && i < opt->nspans; i++)
     free(opt->momentum[i]);
   free(opt->momentum);
@@ -94,6 +105,8 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
   opt->engine = engine;
   opt->sgd = sgd;
   tdm_status st = allocate_state(opt);
+  if (st == TDM_SUCCESS)
+    st = tdmi_handle_register(opt, TDMI_HANDLE_OPTIMIZER);
   if (st != TDM_SUCCESS) {
     optimizer_free(opt);
     return st;
@@ -103,13 +116,13 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
 }
 
 tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer) {
-  TDMI_CHECK_PTR(optimizer, "tdm_optimizer_destroy");
+  TDMI_TRY(check_optimizer(optimizer, "tdm_optimizer_destroy"));
   optimizer_free(optimizer);
   return TDM_SUCCESS;
 }
 
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
-  TDMI_CHECK_PTR(opt, "tdm_step");
+  TDMI_TRY(check_optimizer(opt, "tdm_step"));
   int now = 0;
   TDMI_TRY(tdmi_engine_step_begin(opt->engine, "tdm_step", &now));
   if (stepped)
