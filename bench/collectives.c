@@ -23,6 +23,7 @@
 #include <mpi.h>
 
 #include "tandem.h"
+#include "bench_util.h"
 #include "tandem_mpi.h"
 
 #define MAX_ROUNDS 64
@@ -32,52 +33,6 @@
 #define ALIGN 64
 #define MIB (1024.0 * 1024.0)
 #define TARGET_RATIO 1.05
-
-/* ---- error handling ---------------------------------------------------- */
-
-static tdm_context *g_ctx;
-static int g_rank = -1; /* -1 until tdm_init has succeeded */
-
-static void die(const char *what, const char *detail, const char *file,
-                int line) {
-  char who[32] = "[collectives]";
-  if (g_rank >= 0) snprintf(who, sizeof who, "[rank %d]", g_rank);
-  fprintf(stderr, "%s %s:%d: %s failed: %s\n", who, file, line, what,
-          detail);
-  fflush(stderr);
-  if (g_ctx != NULL) tdm_abort(g_ctx, 1);
-  exit(1);
-}
-
-static void die_tdm(const char *what, tdm_status st, const char *file,
-                    int line) {
-  char msg[1024];
-  /* tdm_last_error is valid only until the next tandem call: copy it. */
-  snprintf(msg, sizeof msg, "%s", tdm_last_error());
-  char full[1400];
-  snprintf(full, sizeof full, "%s (%s)", msg, tdm_status_string(st));
-  die(what, full, file, line);
-}
-
-static void die_mpi(const char *what, int err, const char *file, int line) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(err, msg, &len) != MPI_SUCCESS)
-    snprintf(msg, sizeof msg, "MPI error %d", err);
-  die(what, msg, file, line);
-}
-
-#define TDM_CHECK(call)                                         \
-  do {                                                          \
-    tdm_status st_ = (call);                                    \
-    if (st_ != TDM_SUCCESS) die_tdm(#call, st_, __FILE__, __LINE__); \
-  } while (0)
-
-#define MPI_CHECK(call)                                         \
-  do {                                                          \
-    int err_ = (call);                                          \
-    if (err_ != MPI_SUCCESS) die_mpi(#call, err_, __FILE__, __LINE__); \
-  } while (0)
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -104,28 +59,6 @@ static int lookup(const char *s, const char *const *names, int n) {
   for (int i = 0; i < n; i++)
     if (strcmp(s, names[i]) == 0) return i;
   return -1;
-}
-
-/* "64M", "8", "1K", "2G" (binary multiples) -> bytes; 0 on error. */
-static size_t parse_bytes(const char *s) {
-  char *end = NULL;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (end == s) return 0;
-  switch (*end) {
-    case 'K': case 'k': v <<= 10; end++; break;
-    case 'M': case 'm': v <<= 20; end++; break;
-    case 'G': case 'g': v <<= 30; end++; break;
-    default: break;
-  }
-  if (*end != '\0' || v > (unsigned long long)INT_MAX) return 0;
-  return (size_t)v;
-}
-
-static long parse_long(const char *s, long lo, long hi, int *ok) {
-  char *end = NULL;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end != '\0' || v < lo || v > hi) *ok = 0;
-  return v;
 }
 
 /* Comma-separated collective names, or "all". */
@@ -814,6 +747,7 @@ int main(int argc, char **argv) {
   summary_t sum[NUM_COLLS];
   int nranks = 0;
 
+  bench_name = "collectives";
   TDM_CHECK(tdm_init(&argc, &argv, NULL, &ctx));
   g_ctx = ctx;
   TDM_CHECK(tdm_get_rank(ctx, &g_rank));

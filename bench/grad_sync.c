@@ -32,6 +32,7 @@
 #include <mpi.h>
 
 #include "tandem.h"
+#include "bench_util.h"
 #include "tandem_mpi.h"
 
 #define MIB (1024.0 * 1024.0)
@@ -47,50 +48,6 @@
 #ifndef TOL
 #define TOL 1e-5          /* relative tolerance of the averaged gradients    */
 #endif
-
-/* ---- error handling (as in bench/collectives.c) ------------------------- */
-
-static tdm_context *g_ctx;
-static int g_rank = -1;
-
-static void die(const char *what, const char *detail, const char *file,
-                int line) {
-  char who[32] = "[grad_sync]";
-  if (g_rank >= 0) snprintf(who, sizeof who, "[rank %d]", g_rank);
-  fprintf(stderr, "%s %s:%d: %s failed: %s\n", who, file, line, what,
-          detail);
-  fflush(stderr);
-  if (g_ctx != NULL) tdm_abort(g_ctx, 1);
-  exit(1);
-}
-
-static void die_tdm(const char *what, tdm_status st, const char *file,
-                    int line) {
-  char msg[1024], full[1400];
-  snprintf(msg, sizeof msg, "%s", tdm_last_error());
-  snprintf(full, sizeof full, "%s (%s)", msg, tdm_status_string(st));
-  die(what, full, file, line);
-}
-
-static void die_mpi(const char *what, int err, const char *file, int line) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(err, msg, &len) != MPI_SUCCESS)
-    snprintf(msg, sizeof msg, "MPI error %d", err);
-  die(what, msg, file, line);
-}
-
-#define TDM_CHECK(call)                                              \
-  do {                                                               \
-    tdm_status st_ = (call);                                         \
-    if (st_ != TDM_SUCCESS) die_tdm(#call, st_, __FILE__, __LINE__); \
-  } while (0)
-
-#define MPI_CHECK(call)                                              \
-  do {                                                               \
-    int err_ = (call);                                               \
-    if (err_ != MPI_SUCCESS) die_mpi(#call, err_, __FILE__, __LINE__); \
-  } while (0)
 
 /* printf on rank 0 only, flushed. */
 static void say(const char *format, ...)
@@ -150,27 +107,6 @@ static void usage(FILE *out) {
       "  --section LIST     bw,small,overlap or all (default all)\n"
       "  --check            quick correctness run: small sizes, 3 reps, no\n"
       "                     targets; exit 0 only if every result is right\n");
-}
-
-static size_t parse_bytes(const char *s) {
-  char *end = NULL;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (end == s) return 0;
-  switch (*end) {
-    case 'K': case 'k': v <<= 10; end++; break;
-    case 'M': case 'm': v <<= 20; end++; break;
-    case 'G': case 'g': v <<= 30; end++; break;
-    default: break;
-  }
-  if (*end != '\0' || v > (unsigned long long)INT_MAX) return 0;
-  return (size_t)v;
-}
-
-static long parse_long(const char *s, long lo, long hi, int *ok) {
-  char *end = NULL;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end != '\0' || v < lo || v > hi) *ok = 0;
-  return v;
 }
 
 static unsigned parse_sections(const char *s, int *ok) {
@@ -1027,6 +963,7 @@ int main(int argc, char **argv) {
   init.gradient_accumulation_steps = 1;
   /* This context owns MPI (it initializes and finalizes it); the sections
    * make their own contexts with their engine options. */
+  bench_name = "grad_sync";
   TDM_CHECK(tdm_init(&argc, &argv, &init, &ctx));
   g_ctx = ctx;
   TDM_CHECK(tdm_get_rank(ctx, &g_rank));

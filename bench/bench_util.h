@@ -1,0 +1,83 @@
+/* bench_util.h - what the benchmarks share: fatal-error reporting that
+ * names the rank and call (then tdm_abort, so no rank hangs), and
+ * command-line number parsing.  Each benchmark sets g_ctx and g_rank once
+ * tdm_init succeeded, and bench_name before anything can fail. */
+#ifndef TDM_BENCH_UTIL_H
+#define TDM_BENCH_UTIL_H
+
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "tandem.h"
+
+static tdm_context *g_ctx;
+static int g_rank = -1; /* -1 until tdm_init has succeeded */
+static const char *bench_name = "bench";
+
+static void die(const char *what, const char *detail, const char *file,
+                int line) {
+  char who[32];
+  snprintf(who, sizeof who, "[%s]", bench_name);
+  if (g_rank >= 0) snprintf(who, sizeof who, "[rank %d]", g_rank);
+  fprintf(stderr, "%s %s:%d: %s failed: %s\n", who, file, line, what,
+          detail);
+  fflush(stderr);
+  if (g_ctx != NULL) tdm_abort(g_ctx, 1);
+  exit(1);
+}
+
+static void die_tdm(const char *what, tdm_status st, const char *file,
+                    int line) {
+  char msg[1024], full[1400];
+  /* tdm_last_error is valid only until the next tandem call: copy it. */
+  snprintf(msg, sizeof msg, "%s", tdm_last_error());
+  snprintf(full, sizeof full, "%s (%s)", msg, tdm_status_string(st));
+  die(what, full, file, line);
+}
+
+static void die_mpi(const char *what, int err, const char *file, int line) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(err, msg, &len) != MPI_SUCCESS)
+    snprintf(msg, sizeof msg, "MPI error %d", err);
+  die(what, msg, file, line);
+}
+
+#define TDM_CHECK(call)                                              \
+  do {                                                               \
+    tdm_status st_ = (call);                                         \
+    if (st_ != TDM_SUCCESS) die_tdm(#call, st_, __FILE__, __LINE__); \
+  } while (0)
+
+#define MPI_CHECK(call)                                                \
+  do {                                                                 \
+    int err_ = (call);                                                 \
+    if (err_ != MPI_SUCCESS) die_mpi(#call, err_, __FILE__, __LINE__); \
+  } while (0)
+
+/* "64M", "8", "1K", "2G" (binary multiples) -> bytes; 0 on error. */
+static size_t parse_bytes(const char *s) {
+  char *end = NULL;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (end == s) return 0;
+  switch (*end) {
+    case 'K': case 'k': v <<= 10; end++; break;
+    case 'M': case 'm': v <<= 20; end++; break;
+    case 'G': case 'g': v <<= 30; end++; break;
+    default: break;
+  }
+  if (*end != '\0' || v > (unsigned long long)INT_MAX) return 0;
+  return (size_t)v;
+}
+
+/* A decimal in [lo, hi]; clears *ok otherwise. */
+static long parse_long(const char *s, long lo, long hi, int *ok) {
+  char *end = NULL;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end != '\0' || v < lo || v > hi) *ok = 0;
+  return v;
+}
+
+#endif /* TDM_BENCH_UTIL_H */
