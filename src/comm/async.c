@@ -26,14 +26,20 @@ int tdmi_thread_multiple(void) {
   return level == MPI_THREAD_MULTIPLE;
 }
 
-tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
-                     MPI_Request *req) {
+/* A bucket MPI can sum in one call: f32 or f64, an int count. */
+static tdm_status check_bucket(size_t count, tdm_dtype dtype) {
   if (count > INT_MAX)
     return tdmi_error(TDM_ERR_NOT_SUPPORTED,
                       "bucket of %zu elements exceeds MPI's int count", count);
   if (dtype != TDM_F32 && dtype != TDM_F64)
-    return tdmi_error(TDM_ERR_INTERNAL, "tdmi_isum: dtype %s",
+    return tdmi_error(TDM_ERR_INTERNAL, "bucket sum: dtype %s",
                       tdmi_dtype_name(dtype));
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
+                     MPI_Request *req) {
+  TDMI_TRY(check_bucket(count, dtype));
   int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count,
                           tdmi_mpi_move_type(dtype), MPI_SUM, comm, req);
   return rc == MPI_SUCCESS ? TDM_SUCCESS
@@ -41,9 +47,7 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
 }
 
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype) {
-  if (count > INT_MAX)
-    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
-                      "bucket of %zu elements exceeds MPI's int count", count);
+  TDMI_TRY(check_bucket(count, dtype));
   int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)count,
                          tdmi_mpi_move_type(dtype), MPI_SUM, comm);
   return rc == MPI_SUCCESS ? TDM_SUCCESS
@@ -72,7 +76,3 @@ tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root) {
   return TDM_SUCCESS;
 }
 
-void tdmi_comm_rank_size(MPI_Comm comm, int *rank, int *size) {
-  MPI_Comm_rank(comm, rank);
-  MPI_Comm_size(comm, size);
-}

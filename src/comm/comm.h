@@ -64,7 +64,6 @@ MPI_Datatype tdmi_mpi_move_type(tdm_dtype dtype);
 /* A duplicate of parent that returns errors instead of aborting. */
 tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out);
 void tdmi_comm_free(MPI_Comm *comm);
-void tdmi_comm_rank_size(MPI_Comm comm, int *rank, int *size);
 /* Whether MPI provides MPI_THREAD_MULTIPLE. */
 int tdmi_thread_multiple(void);
 /* Starts an in-place sum of count elements (f32 or f64) over comm. */

@@ -64,8 +64,8 @@ extern const tdmi_strategy tdmi_strategy_ddp;
 
 struct tdm_engine {
   tdm_context *ctx;
-  MPI_Comm comm; /* private: gradient traffic never meets user calls */
-  int rank, size;
+  MPI_Comm comm; /* private duplicate of ctx->comm (same ranks): gradient
+                    traffic never meets user calls */
   int prepared;
   const tdmi_strategy *strategy;
 
@@ -88,7 +88,6 @@ struct tdm_engine {
   int micro;         /* index in the accumulation cycle */
   int force_sync;    /* tdm_sync_now was called */
   int at_boundary;   /* a sync micro-step ended; the optimizer may step */
-  int64_t steps;     /* optimizer steps taken */
   tdm_status sticky; /* first error of the micro-step, reported again */
   char sticky_msg[512];
 
@@ -111,7 +110,6 @@ tdm_status tdmi_engine_check_prepared(const tdm_engine *e, const char *fn);
 /* Buckets (stream.c). */
 tdm_status tdmi_stream_start(tdm_engine *e); /* thread mode: the thread */
 void tdmi_stream_stop(tdm_engine *e);
-const char *tdmi_bucket_state_name(tdm_bucket_state s);
 
 /* For the optimizer layer: the spans of values and gradients this rank
  * updates (one per dtype in use), and the step protocol. */
@@ -127,8 +125,7 @@ tdmi_span tdmi_engine_span(const tdm_engine *e, int i);
 /* Whether the optimizer steps now: 1 at the end of an accumulation cycle,
  * 0 otherwise, an error inside backward. */
 tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step);
-/* Zeroes the gradients and counts the step. */
+/* Zeroes the gradients; the cycle's step is done. */
 void tdmi_engine_step_end(tdm_engine *e);
-int64_t tdmi_engine_steps(const tdm_engine *e);
 
 #endif /* TDM_ENGINE_H */

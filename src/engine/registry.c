@@ -106,7 +106,6 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
       engine_free(e);
     return st;
   }
-  tdmi_comm_rank_size(e->comm, &e->rank, &e->size);
   tdmi_log(ctx, TDM_LOG_INFO,
            "engine: created; strategy %s, progress %s, buckets %zu B (first "
            "%zu B), accumulation %d",
@@ -294,7 +293,7 @@ static tdm_status compare_registration(const tdm_engine *e, const char *mine,
     if (la != lb || memcmp(a, b, la) != 0)
       return tdmi_error(TDM_ERR_MISMATCH,
                         "tdm_prepare: registration differs from rank 0: rank "
-                        "%d has %.*s; rank 0 has %.*s", e->rank,
+                        "%d has %.*s; rank 0 has %.*s", e->ctx->rank,
                         la ? (int)la : 7, la ? a : "nothing",
                         lb ? (int)lb : 7, lb ? b : "nothing");
     a += la + (a[la] == '\n');
@@ -309,7 +308,7 @@ static tdm_status check_registration(tdm_engine *e) {
   uint64_t root_len = len;
   tdm_status st = tdmi_bcast_bytes(e->comm, &root_len, sizeof root_len, 0);
   char *root = st == TDM_SUCCESS ? malloc(root_len) : NULL;
-  if (root && e->rank == 0 && mine)
+  if (root && e->ctx->rank == 0 && mine)
     memcpy(root, mine, len);
   /* Every rank joins the broadcast, even one that ran out of memory. */
   char *buf = root ? root : malloc(root_len);

@@ -12,10 +12,6 @@
 static const char *const state_names[] = {"IDLE", "FILLING", "READY",
                                           "IN_FLIGHT", "REDUCED"};
 
-const char *tdmi_bucket_state_name(tdm_bucket_state s) {
-  return (unsigned)s <= TDM_BUCKET_REDUCED ? state_names[s] : "?";
-}
-
 static void set_state(tdm_engine *e, int b, tdm_bucket_state to) {
   tdmi_log(e->ctx, TDM_LOG_DEBUG, "engine: bucket %d %s -> %s", b,
            state_names[e->buckets[b].state], state_names[to]);
@@ -147,6 +143,17 @@ static void wait_all(tdm_engine *e) {
 
 /* ---- the micro-step ---- */
 
+/* Whether the next micro-step ends the accumulation cycle. */
+static int next_syncs(const tdm_engine *e) {
+  return e->force_sync || e->micro == e->accumulation_steps - 1;
+}
+
+/* Whether this thread drives reductions now: poll mode, in a sync
+ * micro-step. */
+static int polling(const tdm_engine *e) {
+  return e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing;
+}
+
 static tdm_status check_in_backward(const tdm_engine *e, const char *fn) {
   if (!e->in_backward)
     return tdmi_error(TDM_ERR_INVALID_USAGE,
@@ -162,7 +169,7 @@ tdm_status tdm_backward_begin(tdm_engine *e) {
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: the micro-step in progress has not ended (call "
                       "tdm_backward_end first)", fn);
-  e->syncing = e->force_sync || e->micro == e->accumulation_steps - 1;
+  e->syncing = next_syncs(e);
   e->force_sync = 0;
   e->at_boundary = 0;
   e->sticky = TDM_SUCCESS;
@@ -248,7 +255,7 @@ tdm_status tdm_module_grads_ready(tdm_engine *e, int module) {
 
 tdm_status tdm_progress(tdm_engine *e) {
   TDMI_TRY(tdmi_engine_check_prepared(e, "tdm_progress"));
-  if (e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing) {
+  if (polling(e)) {
     pthread_mutex_lock(&e->lock);
     advance(e);
     pthread_mutex_unlock(&e->lock);
@@ -307,15 +314,14 @@ tdm_status tdm_backward_end(tdm_engine *e) {
 tdm_status tdm_loss_scale(const tdm_engine *e, double *scale) {
   TDMI_TRY(tdmi_engine_check(e, "tdm_loss_scale"));
   TDMI_TRY(tdmi_check_ptr("tdm_loss_scale", scale, "scale"));
-  *scale = 1.0 / ((double)e->size * e->accumulation_steps);
+  *scale = 1.0 / ((double)e->ctx->size * e->accumulation_steps);
   return TDM_SUCCESS;
 }
 
 tdm_status tdm_is_sync_step(const tdm_engine *e, int *yes) {
   TDMI_TRY(tdmi_engine_check(e, "tdm_is_sync_step"));
   TDMI_TRY(tdmi_check_ptr("tdm_is_sync_step", yes, "yes"));
-  *yes = e->in_backward ? e->syncing
-                        : e->force_sync || e->micro == e->accumulation_steps - 1;
+  *yes = e->in_backward ? e->syncing : next_syncs(e);
   return TDM_SUCCESS;
 }
 
@@ -338,7 +344,7 @@ tdm_status tdm_get_bucket(tdm_engine *e, int bucket, tdm_bucket_state *state,
                       "%s: bucket %d does not exist (%d buckets)", fn, bucket,
                       e->nbuckets);
   pthread_mutex_lock(&e->lock);
-  if (e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing)
+  if (polling(e))
     poll_in_flight(e);
   if (state)
     *state = e->buckets[bucket].state;
@@ -367,7 +373,4 @@ void tdmi_engine_step_end(tdm_engine *e) {
     if (e->flat[d].bytes)
       memset(e->flat[d].grad, 0, e->flat[d].bytes);
   e->at_boundary = 0;
-  e->steps++;
 }
-
-int64_t tdmi_engine_steps(const tdm_engine *e) { return e->steps; }
