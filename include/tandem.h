@@ -91,6 +91,14 @@ typedef enum {
 /* Bytes per element of dtype. */
 tdm_status tdm_dtype_size(tdm_dtype dtype, size_t *bytes);
 
+/* out[i] = in[i] converted from dtype from to dtype to, for i < count:
+ * TDM_F32 to or from TDM_BF16 or TDM_F16 (round to nearest even, bit for
+ * bit as PyTorch's CPU conversion), or a copy when from == to.  Both run
+ * the vectorized kernels of the CPU; in and out must not overlap.
+ * Thread-safe. */
+tdm_status tdm_convert(tdm_dtype from, const void *in, tdm_dtype to,
+                       void *out, size_t count);
+
 typedef enum {
   TDM_SUM = 0,
   TDM_MEAN = 1, /* sum divided by the number of ranks; floating types only */
@@ -125,6 +133,23 @@ typedef enum {
                              MPI_THREAD_MULTIPLE                           */
 } tdm_progress_mode;
 
+/* Compute copies of f32 parameters (tdm_param_buffers' data); the f32
+ * values stay as master weights, updated by the optimizer. */
+typedef enum {
+  TDM_PRECISION_NO = 0,   /* compute on the f32 values themselves          */
+  TDM_PRECISION_BF16 = 1, /* bfloat16 compute copies                       */
+  TDM_PRECISION_FP16 = 2  /* binary16 compute copies and a dynamic loss
+                             scale (tdm_loss_scale carries it)             */
+} tdm_precision;
+
+/* Instruction set of the CPU kernels (optimizer steps, conversions). */
+typedef enum {
+  TDM_CPU_ISA_AUTO = 0,
+  TDM_CPU_ISA_GENERIC = 1, /* portable C                                   */
+  TDM_CPU_ISA_AVX2 = 2,    /* AVX2 + F16C                                  */
+  TDM_CPU_ISA_AVX512 = 3   /* AVX-512 F/BW/VL                              */
+} tdm_cpu_isa;
+
 /* Marks an option field the caller leaves to environment / file / default. */
 #define TDM_UNSET (-1)
 
@@ -155,11 +180,25 @@ typedef struct tdm_options {
                               TANDEM_GRADIENT_ACCUMULATION_STEPS; default 1 */
   int progress;            /* tdm_progress_mode; env TANDEM_PROGRESS
                               (auto, poll, thread); default auto          */
+  /* Mixed precision and CPU kernels. */
+  int mixed_precision;     /* tdm_precision; env TANDEM_MIXED_PRECISION
+                              (no, bf16, fp16); default no               */
+  int reduce_dtype;        /* tdm_dtype of the gradients of f32
+                              parameters, reduced in it: TDM_F32,
+                              TDM_BF16 or TDM_F16; env TANDEM_REDUCE_DTYPE
+                              (f32, bf16, f16); default f32              */
+  int cpu_threads;         /* OpenMP threads of the CPU kernels; env
+                              TANDEM_CPU_THREADS; default: the CPUs this
+                              process may run on / ranks on the node      */
+  int cpu_isa;             /* tdm_cpu_isa; env TANDEM_CPU_ISA (auto,
+                              generic, avx2, avx512); default auto: the
+                              widest the CPU supports                     */
 } tdm_options;
 
 #define TDM_OPTIONS_INIT                                                 \
   { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
-    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET }
+    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
+    TDM_UNSET, TDM_UNSET, TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 
@@ -363,7 +402,10 @@ tdm_status tdm_add_module(tdm_engine *engine, const char *name, int *module);
  * shape[0..ndim) (ndim 0..8, every extent > 0).  initial holds the
  * element count of values, copied now (NULL: zeros); only rank 0's values
  * matter, tdm_prepare broadcasts them.  flags: 0 or TDM_PARAM_MAYBE_UNUSED.
- * *param is the index, counting from 0 in registration order.
+ * *param is the index, counting from 0 in registration order.  Under
+ * mixed precision an f32 parameter's data is a bf16/f16 compute copy of
+ * f32 master values, and its gradient has the reduce dtype
+ * (tdm_get_param_dtypes tells both).
  */
 tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
                          tdm_dtype dtype, int ndim, const int64_t *shape,
@@ -380,11 +422,16 @@ tdm_status tdm_param_buffers(tdm_engine *engine, int param, void **data,
                              void **grad);
 tdm_status tdm_find_param(const tdm_engine *engine, const char *name,
                           int *param);
+/* The dtypes of the parameter's data (the compute copy under mixed
+ * precision) and of its gradient (the reduce dtype for f32 parameters).
+ * Either out may be NULL. */
+tdm_status tdm_get_param_dtypes(const tdm_engine *engine, int param,
+                                tdm_dtype *data_dtype, tdm_dtype *grad_dtype);
 
 /* Starts a micro-step.  Gradients keep their accumulated values. */
 tdm_status tdm_backward_begin(tdm_engine *engine);
 /* The factor to seed backward with: 1 / (world size * accumulation
- * steps). */
+ * steps), times the loss scale under TDM_PRECISION_FP16. */
 tdm_status tdm_loss_scale(const tdm_engine *engine, double *scale);
 /* The parameter's gradient for this micro-step is complete.  Marking it
  * twice in one micro-step is TDM_ERR_INVALID_USAGE. */
@@ -397,7 +444,9 @@ tdm_status tdm_progress(tdm_engine *engine);
 /* Collective.  Ends the micro-step: parameters not marked are an error
  * naming them unless registered TDM_PARAM_MAYBE_UNUSED; on a sync
  * micro-step waits until every bucket is reduced.  Every rank returns
- * the same success or failure. */
+ * the same success or failure.  When the micro-step that ends a cycle
+ * fails, the cycle is dropped: its gradients are zeroed and tdm_step does
+ * not update. */
 tdm_status tdm_backward_end(tdm_engine *engine);
 
 /* Whether the micro-step in progress (or the next one, between
@@ -429,40 +478,156 @@ tdm_status tdm_get_progress_mode(const tdm_engine *engine,
                                  tdm_progress_mode *mode);
 
 /* ---- optimizer -------------------------------------------------------------- */
+/*
+ * Update rules of torch.optim, on the parameters of an engine (a full
+ * replica, or this rank's shard).  The state (momentum, moments) is f32
+ * for f32 parameters, also under mixed precision, where the update runs on
+ * the f32 master values and refreshes the compute copies in the same
+ * pass.  At each accumulation boundary:
+ *
+ *   tdm_backward_end(e)
+ *   tdm_clip_grad_norm(opt, 1.0, &norm)    optional
+ *   tdm_step(opt, &stepped)                update, schedule, zero gradients
+ *
+ * An optimizer is used by one thread at a time, the thread of its engine.
+ */
 
 typedef enum {
-  TDM_OPTIMIZER_SGD = 0 /* torch.optim.SGD */
+  TDM_OPTIMIZER_SGD = 0,   /* torch.optim.SGD                              */
+  TDM_OPTIMIZER_ADAM = 1,  /* torch.optim.Adam (weight decay added to the
+                              gradient)                                    */
+  TDM_OPTIMIZER_ADAMW = 2, /* torch.optim.AdamW (decoupled weight decay)   */
+  TDM_OPTIMIZER_LION = 3   /* Lion (Chen et al. 2023; lion-pytorch)        */
 } tdm_optimizer_kind;
 
-/* Start from TDM_OPTIMIZER_OPTIONS_INIT (SGD, lr 1e-3, no momentum). */
+/* Start from TDM_OPTIMIZER_OPTIONS_INIT (SGD, lr 1e-3, no momentum, no
+ * weight decay; the kind's own betas and eps).  A negative beta1, beta2,
+ * eps or loss-scaler field means the default named beside it. */
 typedef struct tdm_optimizer_options {
   size_t size;         /* sizeof(tdm_optimizer_options) in the caller */
   int kind;            /* tdm_optimizer_kind                          */
   double lr;
-  double momentum;
-  double dampening;
-  int nesterov;        /* needs momentum > 0 and dampening 0           */
-  double weight_decay; /* L2, added to the gradient                    */
+  double momentum;     /* SGD                                          */
+  double dampening;    /* SGD                                          */
+  int nesterov;        /* SGD; needs momentum > 0 and dampening 0      */
+  double weight_decay; /* SGD, Adam: L2 added to the gradient; AdamW,
+                          Lion: decoupled, p *= 1 - lr * weight_decay  */
+  double beta1;        /* Adam, AdamW 0.9; Lion 0.9                    */
+  double beta2;        /* Adam, AdamW 0.999; Lion 0.99                 */
+  double eps;          /* Adam, AdamW 1e-8                             */
+  /* Dynamic loss scale of TDM_PRECISION_FP16 (torch.amp.GradScaler). */
+  double init_scale;      /* 65536                                     */
+  double growth_factor;   /* 2                                         */
+  double backoff_factor;  /* 0.5                                       */
+  int growth_interval;    /* 2000 clean steps                          */
 } tdm_optimizer_options;
 
-#define TDM_OPTIMIZER_OPTIONS_INIT \
-  { sizeof(tdm_optimizer_options), TDM_OPTIMIZER_SGD, 1e-3, 0.0, 0.0, 0, 0.0 }
+#define TDM_OPTIMIZER_OPTIONS_INIT                                        \
+  { sizeof(tdm_optimizer_options), TDM_OPTIMIZER_SGD, 1e-3, 0.0, 0.0, 0,  \
+    0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1 }
 
 tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options);
 
 typedef struct tdm_optimizer tdm_optimizer;
 
-/* After tdm_prepare.  Optimizes every parameter of engine. */
+/* After tdm_prepare.  Optimizes every parameter of engine; they all start
+ * in group 0, which has the learning rate and weight decay of options. */
 tdm_status tdm_optimizer_create(tdm_engine *engine,
                                 const tdm_optimizer_options *options,
                                 tdm_optimizer **optimizer);
 tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer);
 
+/* Parameter groups (torch's param_groups): a new group with its own
+ * learning rate and weight decay; *group is its index.  Groups are set up
+ * before the first tdm_step. */
+tdm_status tdm_optimizer_add_group(tdm_optimizer *optimizer, double lr,
+                                   double weight_decay, int *group);
+/* Moves parameter param into group. */
+tdm_status tdm_optimizer_set_group(tdm_optimizer *optimizer, int param,
+                                   int group);
+/* Adds a group with group 0's learning rate and weight decay 0, and moves
+ * into it every parameter whose name matches one of the comma-separated
+ * fnmatch(3) patterns; NULL means TDM_NO_DECAY_PATTERNS (biases and
+ * normalization weights).  *count (may be NULL) is how many moved. */
+#define TDM_NO_DECAY_PATTERNS "*bias,*norm*,*ln_*,*ln[0-9]*"
+tdm_status tdm_optimizer_add_no_decay_group(tdm_optimizer *optimizer,
+                                            const char *patterns, int *group,
+                                            int *count);
+
+/* Learning-rate schedules: the formulas of Hugging Face transformers'
+ * get_scheduler.  The factor multiplies every group's learning rate; the
+ * schedule advances once per optimizer step actually taken. */
+typedef enum {
+  TDM_SCHEDULE_CONSTANT = 0,
+  TDM_SCHEDULE_CONSTANT_WITH_WARMUP = 1,
+  TDM_SCHEDULE_LINEAR = 2,
+  TDM_SCHEDULE_COSINE = 3,               /* min_lr > 0: cosine_with_min_lr */
+  TDM_SCHEDULE_COSINE_WITH_RESTARTS = 4, /* cosine_with_hard_restarts      */
+  TDM_SCHEDULE_POLYNOMIAL = 5,
+  TDM_SCHEDULE_INVERSE_SQRT = 6
+} tdm_schedule_kind;
+
+typedef struct tdm_schedule_options {
+  size_t size;            /* sizeof(tdm_schedule_options) in the caller */
+  int kind;               /* tdm_schedule_kind                          */
+  int64_t warmup_steps;   /* linear warmup from 0                       */
+  int64_t training_steps; /* total steps (linear, cosine, polynomial)   */
+  double num_cycles;      /* cosine 0.5 (half a wave), restarts 1       */
+  double min_lr;          /* cosine: floor, as an absolute lr; 0: none  */
+  double lr_end;          /* polynomial: final lr; 1e-7                 */
+  double power;           /* polynomial: 1                              */
+  int64_t timescale;      /* inverse sqrt: warmup_steps, or 10000       */
+} tdm_schedule_options;
+
+/* Constant; negative num_cycles, lr_end, power, timescale: the default. */
+#define TDM_SCHEDULE_OPTIONS_INIT                                          \
+  { sizeof(tdm_schedule_options), TDM_SCHEDULE_CONSTANT, 0, 0, -1.0, 0.0,  \
+    -1.0, -1.0, -1 }
+
+tdm_status tdm_schedule_options_init(tdm_schedule_options *options);
+/* The factor on base_lr after step optimizer steps (step 0: the first
+ * step's).  base_lr matters only to the polynomial and min_lr forms. */
+tdm_status tdm_schedule_factor(const tdm_schedule_options *schedule,
+                               double base_lr, int64_t step, double *factor);
+/* Before the first tdm_step. */
+tdm_status tdm_optimizer_set_schedule(tdm_optimizer *optimizer,
+                                      const tdm_schedule_options *schedule);
+
+/* Gradient clipping, between tdm_backward_end and tdm_step of a boundary
+ * micro-step; collective over the engine's ranks (sharded parameters add
+ * their partial sums).  The clip is applied in tdm_step's fused pass:
+ * the gradient buffers keep their values.  Both see gradients unscaled
+ * by the fp16 loss scale.
+ *
+ * tdm_clip_grad_norm: *total_norm (may be NULL) is the L2 norm of all
+ * gradients before clipping, inf or nan when a gradient is; gradients are
+ * multiplied by min(1, max_norm / (norm + 1e-6)), as
+ * torch.nn.utils.clip_grad_norm_. */
+tdm_status tdm_clip_grad_norm(tdm_optimizer *optimizer, double max_norm,
+                              double *total_norm);
+/* Clamps every gradient to [-clip_value, clip_value]. */
+tdm_status tdm_clip_grad_value(tdm_optimizer *optimizer, double clip_value);
+
 /* Call after every tdm_backward_end.  At the end of an accumulation cycle
- * it updates the parameters, zeroes the gradients and sets *stepped to 1;
- * otherwise it does nothing and sets 0.  stepped may be NULL.  Before
- * tdm_backward_end of the micro-step it is TDM_ERR_INVALID_USAGE. */
+ * it updates the parameters (unless the fp16 loss scaler finds inf or nan
+ * gradients: then the step is skipped and the scale backs off), advances
+ * the schedule, zeroes the gradients and sets *stepped to 1 if the
+ * parameters were updated; otherwise *stepped is 0.  stepped may be NULL.
+ * Before tdm_backward_end of the micro-step it is TDM_ERR_INVALID_USAGE. */
 tdm_status tdm_step(tdm_optimizer *optimizer, int *stepped);
+
+typedef struct tdm_optimizer_info {
+  size_t size;           /* sizeof(tdm_optimizer_info) in the caller   */
+  int64_t steps;         /* updates done (the schedule's step count)   */
+  int64_t skipped_steps; /* boundaries skipped for inf/nan gradients   */
+  int last_skipped;      /* the last boundary was skipped              */
+  double lr;             /* group 0's learning rate of the next step   */
+  double loss_scale;     /* the fp16 loss scale; 1 without fp16        */
+} tdm_optimizer_info;
+
+/* info->size must be set by the caller. */
+tdm_status tdm_get_optimizer_info(const tdm_optimizer *optimizer,
+                                  tdm_optimizer_info *info);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

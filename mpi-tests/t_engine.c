@@ -53,6 +53,7 @@ static void start(run *r, MPI_Comm comm, int accum, int progress) {
 }
 
 static void stop(run *r) {
+  mlp_unbind(&r->m);
   TH_OK(tdm_optimizer_destroy(r->opt));
   TH_OK(tdm_engine_destroy(r->e));
   TH_OK(tdm_finalize(r->ctx));

@@ -124,8 +124,14 @@ static void step_errors(void) {
   /* those errors are reported again at the end, on every rank */
   TH_FAILS(tdm_backward_end(e), TDM_ERR_INVALID_ARGUMENT,
            "module 2 is not registered");
+  /* A cycle whose last micro-step failed is dropped: no update, and its
+   * gradients are cleared for the next cycle. */
   TH_OK(tdm_step(opt, &stepped));
-  TH_CHECK(stepped == 1, "stepped %d after backward_end", stepped);
+  TH_CHECK(stepped == 0, "stepped %d after a failed backward_end", stepped);
+  float *g0 = NULL;
+  TH_OK(tdm_param_buffers(e, 0, NULL, (void **)&g0));
+  TH_CHECK(g0 && g0[0] == 0.0f, "gradient %g kept after a failed cycle",
+           g0 ? (double)g0[0] : -1.0);
 
   /* Out of order. */
   TH_FAILS(tdm_grad_ready(e, 0), TDM_ERR_INVALID_USAGE,

@@ -84,7 +84,9 @@ static void test_round_trips(void) {
   CHECK(tdmi_f32_to_bf16(from_bits(0x3f818000)) == 0x3f82, "bf16 tie up");
   CHECK(tdmi_f32_to_bf16(from_bits(0x3f808001)) == 0x3f81, "bf16 above tie");
   CHECK(tdmi_f32_to_bf16(from_bits(0x7f7fffff)) == 0x7f80, "bf16 overflow");
-  CHECK(tdmi_f32_to_bf16(from_bits(0xffc00001)) == 0x7fc0, "bf16 NaN");
+  CHECK(tdmi_f32_to_bf16(from_bits(0xffc00001)) == 0xffff, "bf16 NaN");
+  CHECK(tdmi_f32_to_f16(from_bits(0x7fa12345)) == 0x7f09, "f16 NaN payload");
+  CHECK(tdmi_f32_to_f16(from_bits(0xff800001)) == 0xfe00, "f16 sNaN");
 }
 
 static void test_numpy_reference(const char *path) {

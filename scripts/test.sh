@@ -60,6 +60,10 @@ for np in 2 3; do
   step "bench/grad_sync correctness (--check) on $np ranks" \
     "$top/scripts/mpirun.sh" -np $np "$b/default/bench/grad_sync" --check
 done
+step "bench/optim correctness (--check: fused AdamW vs scalar AdamW)" \
+  "$top/scripts/mpirun.sh" -np 1 "$b/default/bench/optim" --check
+step "examples/mlp with portable C kernels (TANDEM_CPU_ISA=generic), 2 ranks" \
+  env TANDEM_CPU_ISA=generic "$top/scripts/mpirun.sh" -np 2 "$b/default/examples/mlp/mlp"
 
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda

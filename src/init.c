@@ -1,7 +1,10 @@
 /* init.c - tdm_init / tdm_init_comm / tdm_finalize: the one place that
  * joins the layers (core context, comm agreement, device choice). */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "tandem_mpi.h"
@@ -65,12 +68,25 @@ static tdm_status choose_device(tdm_context *ctx) {
   return TDM_SUCCESS;
 }
 
+/* The CPUs this process may run on, shared by the ranks of the node that
+ * see as many: bound ranks get their own cores, unbound ones a share. */
+static int default_cpu_threads(const tdm_context *ctx) {
+  cpu_set_t set;
+  int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  int share = online > 0 && cpus >= online ? ctx->local_size : 1;
+  int threads = cpus / (share > 0 ? share : 1);
+  return threads > 0 ? threads : 1;
+}
+
 /* This rank's part of initialization; every step is local. */
 static tdm_status setup(tdm_context *ctx, const tdm_options *options,
                         tdm_context **out, const char *fn) {
   if (!out)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
   TDMI_TRY(tdmi_config_resolve(options, &ctx->config));
+  if (ctx->config.cpu_threads == TDM_UNSET)
+    ctx->config.cpu_threads = default_cpu_threads(ctx);
   TDMI_TRY(tdmi_log_open(ctx));
   TDMI_TRY(choose_device(ctx));
   return tdmi_context_register(ctx);

@@ -3,7 +3,9 @@
  *   mpirun -np 4 ./examples/mlp/mlp [steps]
  * Every rank takes its slice of each global batch; tandem averages the
  * gradients across ranks (and across TANDEM_GRADIENT_ACCUMULATION_STEPS
- * micro-steps) while backward goes on.  The main rank prints the loss. */
+ * micro-steps) while backward goes on.  The main rank prints the loss.
+ * TANDEM_MIXED_PRECISION=bf16 or fp16 runs the same binary on 16-bit
+ * compute copies with f32 master weights. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -50,11 +52,14 @@ int main(int argc, char **argv) {
                 size, BATCH_PER_RANK, accum, steps));
 
   double scale, loss, step_loss = 0, mean_loss, first_loss = 0;
-  TRY(tdm_loss_scale(engine, &scale)); /* 1 / (ranks * micro-steps) */
-  long micro = 0;
+  long micro = 0, skipped = 0;
   for (int step = 0; step < steps;) {
     /* This rank's slice of the next global micro-batch. */
     long first = (micro++ * size + rank) * BATCH_PER_RANK % DATASET;
+    int boundary;
+    TRY(tdm_is_sync_step(engine, &boundary));
+    /* 1 / (ranks * micro-steps), times the loss scale under fp16 */
+    TRY(tdm_loss_scale(engine, &scale));
     TRY(tdm_backward_begin(engine));
     TRY(mlp_forward_backward(engine, &model, &x[first * MLP_IN], &y[first],
                              BATCH_PER_RANK, scale, &loss));
@@ -62,6 +67,10 @@ int main(int argc, char **argv) {
     step_loss += loss / accum;
     int stepped;
     TRY(tdm_step(opt, &stepped));
+    if (boundary && !stepped) { /* fp16: inf/nan gradients, scale lowered */
+      skipped++;
+      step_loss = 0;
+    }
     if (!stepped)
       continue;
     TRY(tdm_allreduce(ctx, &step_loss, &mean_loss, 1, TDM_F64, TDM_MEAN));
@@ -74,10 +83,12 @@ int main(int argc, char **argv) {
   }
   /* The main job doubles as a check: training must have worked. */
   int learned = mean_loss < 0.25 * first_loss;
-  TRY(tdm_print(ctx, "mlp: loss %.4f -> %.4f: %s\n", first_loss, mean_loss,
-                learned ? "learned" : "DID NOT LEARN"));
+  TRY(tdm_print(ctx, "mlp: loss %.4f -> %.4f: %s (%ld skipped steps)\n",
+                first_loss, mean_loss, learned ? "learned" : "DID NOT LEARN",
+                skipped));
   free(x);
   free(y);
+  mlp_unbind(&model);
   TRY(tdm_optimizer_destroy(opt));
   TRY(tdm_engine_destroy(engine));
   TRY(tdm_finalize(ctx));

@@ -16,8 +16,14 @@ enum { MLP_W1, MLP_B1, MLP_W2, MLP_B2, MLP_PARAMS };
 typedef struct {
   int module[MLP_MODULES];
   int param[MLP_PARAMS];
-  float *value[MLP_PARAMS]; /* in tandem's storage, after tdm_prepare */
+  size_t numel[MLP_PARAMS];
+  /* The math runs in f32 on these views: tandem's own buffers when they
+   * are f32, else f32 copies (mixed precision: bf16/f16 values, or
+   * gradients in a 16-bit reduce dtype) converted with tdm_convert. */
+  float *value[MLP_PARAMS];
   float *grad[MLP_PARAMS];
+  void *data[MLP_PARAMS], *grad_buffer[MLP_PARAMS]; /* tandem's buffers */
+  tdm_dtype data_dtype[MLP_PARAMS], grad_dtype[MLP_PARAMS];
 } mlp_model;
 
 /* Registers fc1 and fc2 with PyTorch's default Linear init,
@@ -25,8 +31,10 @@ typedef struct {
  * tdm_prepare makes rank 0's values everyone's. */
 tdm_status mlp_register(tdm_context *ctx, tdm_engine *e, uint64_t seed,
                         mlp_model *m);
-/* After tdm_prepare: the value and gradient pointers. */
+/* After tdm_prepare: the value and gradient pointers (and f32 copies
+ * where tandem's buffers are 16-bit).  mlp_unbind frees the copies. */
 tdm_status mlp_bind(tdm_engine *e, mlp_model *m);
+void mlp_unbind(mlp_model *m);
 
 /* n samples: x[n][MLP_IN] ~ N(0, 1) and a smooth nonlinear target y[n]
  * with a little noise; the same on every rank (shared stream). */

@@ -26,32 +26,70 @@ int tdmi_thread_multiple(void) {
   return level == MPI_THREAD_MULTIPLE;
 }
 
-/* A bucket MPI can sum in one call: f32 or f64, an int count. */
+static int is_half(tdm_dtype dtype) {
+  return dtype == TDM_BF16 || dtype == TDM_F16;
+}
+
+/* MPI_User_function: inout[i] += in[i] over 16-bit words. */
+#define HALF_SUM(name, to_f32, from_f32)                                   \
+  static void name(void *in, void *inout, int *len, MPI_Datatype *type) {  \
+    (void)type;                                                            \
+    const uint16_t *a = in;                                                \
+    uint16_t *b = inout;                                                   \
+    for (int i = 0; i < *len; i++)                                        \
+      b[i] = from_f32(to_f32(a[i]) + to_f32(b[i]));                        \
+  }
+HALF_SUM(sum_bf16, tdmi_bf16_to_f32, tdmi_f32_to_bf16)
+HALF_SUM(sum_f16, tdmi_f16_to_f32, tdmi_f32_to_f16)
+
+tdm_status tdmi_sum_op_create(tdm_dtype dtype, MPI_Op *op) {
+  *op = MPI_SUM;
+  if (!is_half(dtype))
+    return TDM_SUCCESS;
+  int rc = MPI_Op_create(dtype == TDM_BF16 ? sum_bf16 : sum_f16, 1, op);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Op_create (half sum)");
+}
+
+void tdmi_sum_op_free(MPI_Op *op) {
+  if (*op != MPI_SUM && *op != MPI_OP_NULL)
+    MPI_Op_free(op);
+  *op = MPI_OP_NULL;
+}
+
+/* A bucket MPI can sum in one call: a float dtype, an int count. */
 static tdm_status check_bucket(size_t count, tdm_dtype dtype) {
   if (count > INT_MAX)
     return tdmi_error(TDM_ERR_NOT_SUPPORTED,
                       "bucket of %zu elements exceeds MPI's int count", count);
-  if (dtype != TDM_F32 && dtype != TDM_F64)
+  if (dtype != TDM_F32 && dtype != TDM_F64 && !is_half(dtype))
     return tdmi_error(TDM_ERR_INTERNAL, "bucket sum: dtype %s",
                       tdmi_dtype_name(dtype));
   return TDM_SUCCESS;
 }
 
 tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
-                     MPI_Request *req) {
+                     MPI_Op op, MPI_Request *req) {
   TDMI_TRY(check_bucket(count, dtype));
   int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count,
-                          tdmi_mpi_move_type(dtype), MPI_SUM, comm, req);
+                          tdmi_mpi_move_type(dtype), op, comm, req);
   return rc == MPI_SUCCESS ? TDM_SUCCESS
                            : tdmi_mpi_error(rc, "MPI_Iallreduce (bucket)");
 }
 
-tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype) {
+tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
+                    MPI_Op op) {
   TDMI_TRY(check_bucket(count, dtype));
   int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)count,
-                         tdmi_mpi_move_type(dtype), MPI_SUM, comm);
+                         tdmi_mpi_move_type(dtype), op, comm);
   return rc == MPI_SUCCESS ? TDM_SUCCESS
                            : tdmi_mpi_error(rc, "MPI_Allreduce (bucket)");
+}
+
+tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n) {
+  int rc = MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, comm);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Allreduce (partial sums)");
 }
 
 tdm_status tdmi_test(MPI_Request *req, int *done) {

@@ -66,12 +66,21 @@ tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out);
 void tdmi_comm_free(MPI_Comm *comm);
 /* Whether MPI provides MPI_THREAD_MULTIPLE. */
 int tdmi_thread_multiple(void);
-/* Starts an in-place sum of count elements (f32 or f64) over comm. */
+/* The operation that sums dtype: MPI_SUM for f32 and f64; for bf16 and
+ * f16 a user operation that adds each pair in f32 and rounds back (as
+ * NCCL does).  Free with tdmi_sum_op_free. */
+tdm_status tdmi_sum_op_create(tdm_dtype dtype, MPI_Op *op);
+void tdmi_sum_op_free(MPI_Op *op);
+/* Starts an in-place sum of count elements (f32, f64, bf16, f16) over
+ * comm with op from tdmi_sum_op_create(dtype). */
 tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
-                     MPI_Request *req);
+                     MPI_Op op, MPI_Request *req);
 /* The same, blocking: the communication thread's call, since MPI's
  * blocking allreduce is its fastest algorithm. */
-tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype);
+tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
+                    MPI_Op op);
+/* In-place sum of n doubles over comm, blocking. */
+tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n);
 tdm_status tdmi_test(MPI_Request *req, int *done);
 tdm_status tdmi_wait(MPI_Request *req);
 /* Broadcasts bytes from root, in chunks that fit MPI's int count. */

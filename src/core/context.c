@@ -218,7 +218,11 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
                       c->bucket_cap_bytes,
                       c->first_bucket_bytes,
                       c->gradient_accumulation_steps,
-                      c->progress};
+                      c->progress,
+                      c->mixed_precision,
+                      c->reduce_dtype,
+                      c->cpu_threads,
+                      c->cpu_isa};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

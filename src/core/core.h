@@ -46,6 +46,10 @@ typedef struct {
   int first_bucket_bytes;
   int gradient_accumulation_steps;
   int progress;      /* tdm_progress_mode */
+  int mixed_precision; /* tdm_precision */
+  int reduce_dtype;  /* tdm_dtype: TDM_F32, TDM_BF16 or TDM_F16 */
+  int cpu_threads;   /* TDM_UNSET: CPUs of this process / local ranks */
+  int cpu_isa;       /* tdm_cpu_isa */
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */

@@ -1,6 +1,7 @@
 /* half.c - IEEE binary16 and bfloat16 <-> binary32, round to nearest even.
- * NaN results are the quiet NaNs PyTorch produces (0x7e00 with the sign
- * for f16, 0x7fc0 for bf16), so converted tensors compare bit for bit. */
+ * NaN results are the ones PyTorch's vectorized CPU conversion produces,
+ * so converted tensors compare bit for bit: for f16 the x86 F16C rule
+ * (sign, quiet bit set, the top 9 payload bits kept), for bf16 0xffff. */
 #include <math.h>
 #include <string.h>
 
@@ -32,8 +33,8 @@ uint16_t tdmi_f32_to_f16(float f) {
   uint32_t x = f32_bits(f);
   uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
   uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u)
-    return sign | 0x7e00u; /* NaN */
+  if (ax > 0x7f800000u) /* NaN */
+    return sign | 0x7e00u | (uint16_t)((ax & 0x7fffffu) >> 13);
   if (ax >= 0x47800000u)
     return sign | 0x7c00u; /* >= 65536 (and inf): inf */
   int exp = (int)(ax >> 23) - 127;
@@ -55,15 +56,16 @@ float tdmi_f16_to_f32(uint16_t h) {
     float mag = ldexpf((float)mant, -24);
     return sign ? -mag : mag;
   }
-  if (exp == 31)
-    return f32_from_bits(sign | 0x7f800000u | (mant << 13));
+  if (exp == 31) /* inf, or a NaN made quiet (as F16C and PyTorch do) */
+    return f32_from_bits(sign | 0x7f800000u | (mant << 13) |
+                         (mant ? 0x400000u : 0u));
   return f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
 uint16_t tdmi_f32_to_bf16(float f) {
   uint32_t x = f32_bits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u)
-    return 0x7fc0u;
+    return 0xffffu;
   uint32_t bias = 0x7fffu + ((x >> 16) & 1u);
   return (uint16_t)((x + bias) >> 16);
 }

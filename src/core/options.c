@@ -11,14 +11,19 @@
 #include "core.h"
 
 typedef enum {
-  KIND_LEVEL,
+  KIND_ENUM,     /* one of names[]; the value is the index */
   KIND_BOOL,
-  KIND_DEVICE,
   KIND_INDEX,    /* >= 0 */
   KIND_POSITIVE, /* >= 1 */
-  KIND_PROGRESS,
   KIND_STRING
 } kind;
+
+/* Names of enumerated values, indexed by value; NULL: not accepted. */
+typedef struct {
+  const char *const *names;
+  int count;
+  const char *expect; /* for messages */
+} enum_names;
 
 typedef struct {
   const char *key;     /* YAML key                        */
@@ -27,42 +32,65 @@ typedef struct {
   size_t config_off;   /* offset in tdmi_config           */
   size_t api_off;      /* offset in tdm_options           */
   size_t api_end;      /* offset just past the API field  */
+  const enum_names *names; /* KIND_ENUM                   */
 } setting;
 
 #define API_FIELD(f) offsetof(tdm_options, f), \
   offsetof(tdm_options, f) + sizeof(((tdm_options *)0)->f)
 
+#define ENUM_NAMES(var, expect, ...)                                  \
+  static const char *const var##_list[] = {__VA_ARGS__};              \
+  static const enum_names var = {                                     \
+      var##_list, (int)(sizeof var##_list / sizeof var##_list[0]), expect}
+
+ENUM_NAMES(level_names, "off, warn, info, debug or trace", "off", "warn",
+           "info", "debug", "trace");
+ENUM_NAMES(device_names, "auto, cpu or cuda", "auto", "cpu", "cuda");
+ENUM_NAMES(progress_names, "auto, poll or thread", "auto", "poll", "thread");
+ENUM_NAMES(precision_names, "no, bf16 or fp16", "no", "bf16", "fp16");
+/* Indexed by tdm_dtype: the dtypes gradients may be reduced in. */
+ENUM_NAMES(reduce_names, "f32, bf16 or f16", "f32", NULL, "f16", "bf16");
+ENUM_NAMES(isa_names, "auto, generic, avx2 or avx512", "auto", "generic",
+           "avx2", "avx512");
+
 static const setting settings[] = {
-    {"log_level", "TANDEM_LOG", KIND_LEVEL, offsetof(tdmi_config, log_level),
-     API_FIELD(log_level)},
+    {"log_level", "TANDEM_LOG", KIND_ENUM, offsetof(tdmi_config, log_level),
+     API_FIELD(log_level), &level_names},
     {"log_file", "TANDEM_LOG_FILE", KIND_STRING, offsetof(tdmi_config, log_file),
-     API_FIELD(log_file)},
+     API_FIELD(log_file), NULL},
     {"debug", "TANDEM_DEBUG", KIND_BOOL, offsetof(tdmi_config, debug),
-     API_FIELD(debug)},
-    {"device", "TANDEM_DEVICE", KIND_DEVICE, offsetof(tdmi_config, device),
-     API_FIELD(device)},
+     API_FIELD(debug), NULL},
+    {"device", "TANDEM_DEVICE", KIND_ENUM, offsetof(tdmi_config, device),
+     API_FIELD(device), &device_names},
     {"device_index", "TANDEM_DEVICE_INDEX", KIND_INDEX,
-     offsetof(tdmi_config, device_index), API_FIELD(device_index)},
+     offsetof(tdmi_config, device_index), API_FIELD(device_index), NULL},
     {"bucket_cap_bytes", "TANDEM_BUCKET_CAP_BYTES", KIND_POSITIVE,
-     offsetof(tdmi_config, bucket_cap_bytes), API_FIELD(bucket_cap_bytes)},
+     offsetof(tdmi_config, bucket_cap_bytes), API_FIELD(bucket_cap_bytes),
+     NULL},
     {"first_bucket_bytes", "TANDEM_FIRST_BUCKET_BYTES", KIND_POSITIVE,
-     offsetof(tdmi_config, first_bucket_bytes), API_FIELD(first_bucket_bytes)},
+     offsetof(tdmi_config, first_bucket_bytes), API_FIELD(first_bucket_bytes),
+     NULL},
     {"gradient_accumulation_steps", "TANDEM_GRADIENT_ACCUMULATION_STEPS",
      KIND_POSITIVE, offsetof(tdmi_config, gradient_accumulation_steps),
-     API_FIELD(gradient_accumulation_steps)},
-    {"progress", "TANDEM_PROGRESS", KIND_PROGRESS,
-     offsetof(tdmi_config, progress), API_FIELD(progress)},
+     API_FIELD(gradient_accumulation_steps), NULL},
+    {"progress", "TANDEM_PROGRESS", KIND_ENUM,
+     offsetof(tdmi_config, progress), API_FIELD(progress), &progress_names},
+    {"mixed_precision", "TANDEM_MIXED_PRECISION", KIND_ENUM,
+     offsetof(tdmi_config, mixed_precision), API_FIELD(mixed_precision),
+     &precision_names},
+    {"reduce_dtype", "TANDEM_REDUCE_DTYPE", KIND_ENUM,
+     offsetof(tdmi_config, reduce_dtype), API_FIELD(reduce_dtype),
+     &reduce_names},
+    {"cpu_threads", "TANDEM_CPU_THREADS", KIND_POSITIVE,
+     offsetof(tdmi_config, cpu_threads), API_FIELD(cpu_threads), NULL},
+    {"cpu_isa", "TANDEM_CPU_ISA", KIND_ENUM, offsetof(tdmi_config, cpu_isa),
+     API_FIELD(cpu_isa), &isa_names},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
-static const char *const level_names[] = {"off", "warn", "info", "debug",
-                                          "trace"};
-static const char *const device_names[] = {"auto", "cpu", "cuda"};
-static const char *const progress_names[] = {"auto", "poll", "thread"};
-
 static int lookup(const char *const *names, int n, const char *text) {
   for (int i = 0; i < n; i++)
-    if (strcasecmp(names[i], text) == 0)
+    if (names[i] && strcasecmp(names[i], text) == 0)
       return i;
   return -1;
 }
@@ -92,17 +120,13 @@ static tdm_status set_from_text(const setting *s, const char *text,
   int v = 0;
   const char *expect = NULL;
   switch (s->kind) {
-  case KIND_LEVEL:
-    v = lookup(level_names, 5, text);
-    expect = "off, warn, info, debug or trace";
+  case KIND_ENUM:
+    v = lookup(s->names->names, s->names->count, text);
+    expect = s->names->expect;
     break;
   case KIND_BOOL:
     v = parse_bool(text);
     expect = "a boolean (0/1, true/false, yes/no, on/off)";
-    break;
-  case KIND_DEVICE:
-    v = lookup(device_names, 3, text);
-    expect = "auto, cpu or cuda";
     break;
   case KIND_INDEX:
     v = parse_index(text);
@@ -112,10 +136,6 @@ static tdm_status set_from_text(const setting *s, const char *text,
     v = parse_index(text);
     v = v == 0 ? -1 : v;
     expect = "a positive integer";
-    break;
-  case KIND_PROGRESS:
-    v = lookup(progress_names, 3, text);
-    expect = "auto, poll or thread";
     break;
   case KIND_STRING: {
     char **str = field;
@@ -217,13 +237,11 @@ static tdm_status apply_env(tdmi_config *cfg) {
 
 /* Validates an API int field against the setting's range. */
 static tdm_status api_int(const setting *s, int v, tdmi_config *cfg) {
-  int max = s->kind == KIND_LEVEL ? TDM_LOG_TRACE
+  int max = s->kind == KIND_ENUM   ? s->names->count - 1
             : s->kind == KIND_BOOL ? 1
-            : s->kind == KIND_DEVICE ? TDM_DEVICE_CUDA
-            : s->kind == KIND_PROGRESS ? TDM_PROGRESS_THREAD
-                                       : INT_MAX;
+                                   : INT_MAX;
   int min = s->kind == KIND_POSITIVE ? 1 : 0;
-  if (v < min || v > max)
+  if (v < min || v > max || (s->kind == KIND_ENUM && !s->names->names[v]))
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
                       "tdm_options.%s = %d is out of range [%d, %d]", s->key,
                       v, min, max);
@@ -272,7 +290,8 @@ static tdm_status pick_config_file(const tdm_options *api, tdmi_config *cfg) {
 
 tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
   tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET,
-                     25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO};
+                     25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO,
+                     TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);

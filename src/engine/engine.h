@@ -8,9 +8,12 @@
 #include <pthread.h>
 
 #include "../comm/comm.h"
+#include "../device/kernels.h"
 
 #define TDMI_MAX_NDIM 8
-#define TDMI_ALIGN 64 /* bytes; every tensor starts on a cache line */
+#define TDMI_ALIGN 64       /* bytes: buffers start on a cache line      */
+#define TDMI_ALIGN_ELEMS 32 /* elements: every tensor starts on a cache
+                               line in all its buffers (2 to 8 B each)   */
 
 typedef struct {
   char *name;
@@ -21,7 +24,7 @@ typedef struct {
   size_t numel;
   int flags;      /* TDM_PARAM_* */
   void *initial;  /* staged values until tdm_prepare; NULL: zeros */
-  size_t offset;  /* bytes into the flat buffers of its dtype */
+  size_t first;   /* element index into the flat buffers of its dtype */
   int bucket;
   int ready;      /* marked in the micro-step in progress */
 } tdmi_param;
@@ -33,20 +36,27 @@ typedef struct {
 } tdmi_module;
 
 typedef struct {
-  tdm_dtype dtype;
-  size_t offset;  /* bytes into the flat gradient buffer of dtype */
-  size_t bytes;
+  tdm_dtype dtype;  /* of its parameters (the flat buffers' index)      */
+  tdm_dtype grad_dtype;
+  size_t first;     /* element index into the flat gradient buffer      */
+  size_t count;     /* elements                                         */
+  size_t bytes;     /* count * size of grad_dtype                       */
   int nparams;
   int pending;    /* parameters not yet ready in this micro-step */
   tdm_bucket_state state;
   MPI_Request request;
 } tdmi_bucket;
 
-/* One dtype's storage: values and gradients, same layout. */
+/* One parameter dtype's storage, every buffer in the same element layout:
+ * the values (f32 master weights under mixed precision), the compute
+ * copy (bf16/f16 under mixed precision, else NULL) and the gradients. */
 typedef struct {
-  size_t bytes;
+  size_t count;          /* elements, padding included */
   void *data;
+  void *copy;
+  tdm_dtype copy_dtype;  /* valid when copy is set */
   void *grad;
+  tdm_dtype grad_dtype;
 } tdmi_flat;
 
 typedef struct tdmi_strategy {
@@ -81,6 +91,11 @@ struct tdm_engine {
   size_t bucket_cap, first_bucket_cap;
   int accumulation_steps;
   tdm_progress_mode mode;
+  tdm_precision precision;
+  tdm_dtype reduce_dtype; /* gradients of f32 parameters */
+  MPI_Op reduce_op;       /* sums reduce_dtype */
+  tdmi_kernels kernels;   /* CPU kernels of this engine and its optimizer */
+  double loss_scale;      /* fp16 dynamic scale, set by the optimizer */
 
   /* the micro-step */
   int in_backward;
@@ -114,18 +129,31 @@ void tdmi_stream_stop(tdm_engine *e);
 /* For the optimizer layer: the spans of values and gradients this rank
  * updates (one per dtype in use), and the step protocol. */
 typedef struct {
-  tdm_dtype dtype;
+  tdm_dtype dtype;       /* of data and of the optimizer state          */
   void *data;
   void *grad;
-  size_t count; /* elements, padding included (always zero) */
+  tdm_dtype grad_dtype;
+  void *copy;            /* compute copy to refresh, or NULL            */
+  tdm_dtype copy_dtype;
+  size_t first;          /* element index of data[0] in its dtype       */
+  size_t count;          /* elements, padding included (always zero)    */
 } tdmi_span;
 
 int tdmi_engine_span_count(const tdm_engine *e);
 tdmi_span tdmi_engine_span(const tdm_engine *e, int i);
+/* Where parameter i lies: its dtype and element range in that dtype. */
+void tdmi_engine_param_range(const tdm_engine *e, int i, tdm_dtype *dtype,
+                             size_t *first, size_t *count);
+/* Sums n partial results computed over this rank's spans with the ranks
+ * holding the other parts (a no-op where every rank holds everything). */
+tdm_status tdmi_engine_sum_partials(tdm_engine *e, double *values, int n);
 /* Whether the optimizer steps now: 1 at the end of an accumulation cycle,
  * 0 otherwise, an error inside backward. */
 tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step);
-/* Zeroes the gradients; the cycle's step is done. */
-void tdmi_engine_step_end(tdm_engine *e);
+/* Ends the cycle's step: zeroes the gradients unless the update already
+ * did (grads_zeroed). */
+void tdmi_engine_step_end(tdm_engine *e, int grads_zeroed);
+/* The fp16 loss scale tdm_loss_scale multiplies in. */
+void tdmi_engine_set_loss_scale(tdm_engine *e, double scale);
 
 #endif /* TDM_ENGINE_H */

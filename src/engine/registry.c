@@ -48,12 +48,26 @@ static tdm_status pick_mode(tdm_engine *e) {
   return TDM_SUCCESS;
 }
 
+/* Mixed precision: compute copies of f32 parameters, gradients of f32
+ * parameters in the reduce dtype, and the kernels that step them. */
+static tdm_status pick_precision(tdm_engine *e) {
+  const tdmi_config *c = &e->ctx->config;
+  e->precision = (tdm_precision)c->mixed_precision;
+  e->reduce_dtype = (tdm_dtype)c->reduce_dtype;
+  /* GradScaler's initial scale until an optimizer sets its own. */
+  e->loss_scale = e->precision == TDM_PRECISION_FP16 ? 65536.0 : 1.0;
+  TDMI_TRY(tdmi_kernels_init(&e->kernels, (tdm_cpu_isa)c->cpu_isa,
+                             c->cpu_threads));
+  return tdmi_sum_op_create(e->reduce_dtype, &e->reduce_op);
+}
+
 static tdm_engine *engine_new(tdm_context *ctx) {
   tdm_engine *e = calloc(1, sizeof *e);
   if (!e)
     return NULL;
   e->ctx = ctx;
   e->comm = MPI_COMM_NULL;
+  e->reduce_op = MPI_OP_NULL;
   e->strategy = &tdmi_strategy_ddp;
   const tdmi_config *c = &ctx->config;
   e->bucket_cap = (size_t)c->bucket_cap_bytes;
@@ -67,6 +81,7 @@ static tdm_engine *engine_new(tdm_context *ctx) {
 static void engine_free(tdm_engine *e) {
   tdmi_handle_unregister(e, TDMI_HANDLE_ENGINE);
   tdmi_comm_free(&e->comm);
+  tdmi_sum_op_free(&e->reduce_op);
   for (int i = 0; i < e->nparams; i++) {
     free(e->params[i].name);
     free(e->params[i].initial);
@@ -77,6 +92,7 @@ static void engine_free(tdm_engine *e) {
   }
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     free(e->flat[d].data);
+    free(e->flat[d].copy);
     free(e->flat[d].grad);
   }
   free(e->params);
@@ -97,6 +113,8 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
            : tdmi_error(TDM_ERR_NO_MEMORY, "tdm_engine_create: out of memory");
   }
   if (st == TDM_SUCCESS)
+    st = pick_precision(e);
+  if (st == TDM_SUCCESS)
     st = tdmi_comm_dup(ctx->comm, &e->comm);
   if (st == TDM_SUCCESS)
     st = tdmi_handle_register(e, TDMI_HANDLE_ENGINE);
@@ -108,9 +126,14 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
   }
   tdmi_log(ctx, TDM_LOG_INFO,
            "engine: created; strategy %s, progress %s, buckets %zu B (first "
-           "%zu B), accumulation %d",
+           "%zu B), accumulation %d, precision %s, reduce %s, kernels %s x %d",
            e->strategy->name, e->mode == TDM_PROGRESS_THREAD ? "thread" : "poll",
-           e->bucket_cap, e->first_bucket_cap, e->accumulation_steps);
+           e->bucket_cap, e->first_bucket_cap, e->accumulation_steps,
+           e->precision == TDM_PRECISION_BF16   ? "bf16"
+           : e->precision == TDM_PRECISION_FP16 ? "fp16"
+                                                : "no",
+           tdmi_dtype_name(e->reduce_dtype), tdmi_cpu_isa_name(e->kernels.isa),
+           e->kernels.threads);
   *engine = e;
   return TDM_SUCCESS;
 }
@@ -206,8 +229,9 @@ static tdm_status check_param_args(tdm_engine *e, int module, const char *name,
                       (int)dtype);
   if (dtype != TDM_F32 && dtype != TDM_F64)
     return tdmi_error(TDM_ERR_NOT_SUPPORTED,
-                      "%s: '%s': dtype %s; parameters are f32 or f64 (f16 "
-                      "and bf16 arrive with mixed precision)", fn, name,
+                      "%s: '%s': dtype %s; parameters are f32 or f64 (for "
+                      "bf16/f16 compute copies of f32 ones, set "
+                      "TANDEM_MIXED_PRECISION)", fn, name,
                       tdmi_dtype_name(dtype));
   if (flags & ~TDM_PARAM_MAYBE_UNUSED)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
@@ -258,8 +282,12 @@ static char *describe_registration(const tdm_engine *e, size_t *len) {
   char *text = malloc(cap);
   if (!text)
     return NULL;
-  size_t n = 0;
-  text[0] = '\0';
+  /* Settings that shape the buckets and their collectives come first. */
+  size_t n = (size_t)snprintf(
+      text, cap, "settings: precision %d, reduce dtype %s, buckets %zu/%zu B, "
+      "accumulation %d\n", (int)e->precision,
+      tdmi_dtype_name(e->reduce_dtype), e->first_bucket_cap, e->bucket_cap,
+      e->accumulation_steps);
   for (int i = 0; i < e->nmodules; i++)
     n += (size_t)snprintf(text + n, cap - n, "module %d '%s'\n", i,
                           e->modules[i].name);
@@ -326,19 +354,28 @@ static tdm_status check_registration(tdm_engine *e) {
 }
 
 static size_t align_up(size_t n) {
-  return (n + TDMI_ALIGN - 1) / TDMI_ALIGN * TDMI_ALIGN;
+  return (n + TDMI_ALIGN_ELEMS - 1) / TDMI_ALIGN_ELEMS * TDMI_ALIGN_ELEMS;
+}
+
+/* The dtypes of an f32 parameter's compute copy and gradient. */
+static tdm_dtype copy_dtype(const tdm_engine *e) {
+  return e->precision == TDM_PRECISION_BF16 ? TDM_BF16 : TDM_F16;
 }
 
 /* Reverse registration order: gradients arrive last layer first. */
 static void lay_out(tdm_engine *e) {
-  size_t end[TDM_NUM_DTYPES] = {0};
   for (int i = e->nparams - 1; i >= 0; i--) {
     tdmi_param *p = &e->params[i];
-    p->offset = align_up(end[p->dtype]);
-    end[p->dtype] = p->offset + p->numel * tdmi_dtype_size(p->dtype);
+    tdmi_flat *f = &e->flat[p->dtype];
+    p->first = align_up(f->count);
+    f->count = p->first + p->numel;
   }
-  for (int d = 0; d < TDM_NUM_DTYPES; d++)
-    e->flat[d].bytes = align_up(end[d]);
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    tdmi_flat *f = &e->flat[d];
+    f->count = align_up(f->count);
+    f->grad_dtype = d == TDM_F32 ? e->reduce_dtype : (tdm_dtype)d;
+    f->copy_dtype = copy_dtype(e);
+  }
 }
 
 /* Walks parameters in reverse order; a bucket closes when the next
@@ -347,42 +384,58 @@ static int assign_buckets(tdm_engine *e, tdmi_bucket *out) {
   int nb = 0;
   for (int i = e->nparams - 1; i >= 0; i--) {
     tdmi_param *p = &e->params[i];
-    size_t end = p->offset + p->numel * tdmi_dtype_size(p->dtype);
+    tdm_dtype gd = e->flat[p->dtype].grad_dtype;
+    size_t end = p->first + p->numel;
     tdmi_bucket *b = nb ? &out[nb - 1] : NULL;
     size_t cap = nb <= 1 ? e->first_bucket_cap : e->bucket_cap;
-    if (!b || b->dtype != p->dtype || end - b->offset > cap) {
+    if (!b || b->dtype != p->dtype ||
+        (end - b->first) * tdmi_dtype_size(gd) > cap) {
       b = &out[nb++];
       memset(b, 0, sizeof *b);
       b->dtype = p->dtype;
-      b->offset = p->offset;
+      b->grad_dtype = gd;
+      b->first = p->first;
       b->request = MPI_REQUEST_NULL;
     }
-    b->bytes = end - b->offset;
+    b->count = end - b->first;
+    b->bytes = b->count * tdmi_dtype_size(gd);
     b->nparams++;
     p->bucket = nb - 1;
   }
   return nb;
 }
 
+static void *zeroed(size_t count, tdm_dtype dtype) {
+  size_t bytes = count * tdmi_dtype_size(dtype);
+  void *p = aligned_alloc(TDMI_ALIGN, bytes);
+  if (p)
+    memset(p, 0, bytes);
+  return p;
+}
+
+static tdm_status allocate_flat(tdm_engine *e, tdm_dtype d) {
+  tdmi_flat *f = &e->flat[d];
+  int copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
+  f->data = zeroed(f->count, d);
+  f->grad = zeroed(f->count, f->grad_dtype);
+  f->copy = copied ? zeroed(f->count, f->copy_dtype) : NULL;
+  if (!f->data || !f->grad || (copied && !f->copy))
+    return tdmi_error(TDM_ERR_NO_MEMORY,
+                      "tdm_prepare: out of memory for %zu %s parameters",
+                      f->count, tdmi_dtype_name(d));
+  return TDM_SUCCESS;
+}
+
 static tdm_status allocate(tdm_engine *e) {
-  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    tdmi_flat *f = &e->flat[d];
-    if (f->bytes == 0)
-      continue;
-    f->data = aligned_alloc(TDMI_ALIGN, f->bytes);
-    f->grad = aligned_alloc(TDMI_ALIGN, f->bytes);
-    if (!f->data || !f->grad)
-      return tdmi_error(TDM_ERR_NO_MEMORY,
-                        "tdm_prepare: out of memory for %zu bytes of %s "
-                        "parameters", 2 * f->bytes, tdmi_dtype_name(d));
-    memset(f->data, 0, f->bytes);
-    memset(f->grad, 0, f->bytes);
-  }
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    if (e->flat[d].count)
+      TDMI_TRY(allocate_flat(e, (tdm_dtype)d));
   for (int i = 0; i < e->nparams; i++) {
     tdmi_param *p = &e->params[i];
     if (p->initial)
-      memcpy((char *)e->flat[p->dtype].data + p->offset, p->initial,
-             p->numel * tdmi_dtype_size(p->dtype));
+      memcpy((char *)e->flat[p->dtype].data +
+                 p->first * tdmi_dtype_size(p->dtype),
+             p->initial, p->numel * tdmi_dtype_size(p->dtype));
     free(p->initial);
     p->initial = NULL;
   }
@@ -396,7 +449,7 @@ static tdm_status allocate(tdm_engine *e) {
 static void log_layout(const tdm_engine *e) {
   for (int b = 0; b < e->nbuckets; b++)
     tdmi_log(e->ctx, TDM_LOG_DEBUG, "engine: bucket %d: %s, %zu bytes, %d "
-             "params", b, tdmi_dtype_name(e->buckets[b].dtype),
+             "params", b, tdmi_dtype_name(e->buckets[b].grad_dtype),
              e->buckets[b].bytes, e->buckets[b].nparams);
   tdmi_log(e->ctx, TDM_LOG_INFO, "engine: prepared %d params in %d modules, "
            "%d buckets", e->nparams, e->nmodules, e->nbuckets);
@@ -414,9 +467,14 @@ tdm_status tdm_prepare(tdm_engine *e) {
     st = allocate(e);
   }
   st = tdmi_agree(e->comm, st, fn);
-  for (int d = 0; d < TDM_NUM_DTYPES && st == TDM_SUCCESS; d++)
-    if (e->flat[d].bytes)
-      st = tdmi_bcast_bytes(e->comm, e->flat[d].data, e->flat[d].bytes, 0);
+  for (int d = 0; d < TDM_NUM_DTYPES && st == TDM_SUCCESS; d++) {
+    tdmi_flat *f = &e->flat[d];
+    if (f->count)
+      st = tdmi_bcast_bytes(e->comm, f->data, f->count * tdmi_dtype_size(d), 0);
+    if (st == TDM_SUCCESS && f->copy)
+      tdmi_kernel_convert(&e->kernels, TDM_F32, f->data, f->copy_dtype,
+                          f->copy, f->count);
+  }
   if (st == TDM_SUCCESS)
     st = tdmi_stream_start(e);
   st = tdmi_agree(e->comm, st, fn);
@@ -444,10 +502,26 @@ tdm_status tdm_param_buffers(tdm_engine *e, int param, void **data,
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
   TDMI_TRY(check_param_index(e, fn, param));
   const tdmi_param *p = &e->params[param];
+  const tdmi_flat *f = &e->flat[p->dtype];
   if (data)
-    *data = (char *)e->flat[p->dtype].data + p->offset;
+    *data = f->copy ? (char *)f->copy + p->first * tdmi_dtype_size(f->copy_dtype)
+                    : (char *)f->data + p->first * tdmi_dtype_size(p->dtype);
   if (grad)
-    *grad = (char *)e->flat[p->dtype].grad + p->offset;
+    *grad = (char *)f->grad + p->first * tdmi_dtype_size(f->grad_dtype);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_get_param_dtypes(const tdm_engine *e, int param,
+                                tdm_dtype *data_dtype, tdm_dtype *grad_dtype) {
+  const char *fn = "tdm_get_param_dtypes";
+  TDMI_TRY(tdmi_engine_check(e, fn));
+  TDMI_TRY(check_param_index(e, fn, param));
+  tdm_dtype d = e->params[param].dtype;
+  int copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
+  if (data_dtype)
+    *data_dtype = copied ? copy_dtype(e) : d;
+  if (grad_dtype)
+    *grad_dtype = d == TDM_F32 ? e->reduce_dtype : d;
   return TDM_SUCCESS;
 }
 
@@ -493,16 +567,29 @@ tdm_status tdm_get_progress_mode(const tdm_engine *e, tdm_progress_mode *mode) {
 int tdmi_engine_span_count(const tdm_engine *e) {
   int n = 0;
   for (int d = 0; d < TDM_NUM_DTYPES; d++)
-    n += e->flat[d].bytes > 0;
+    n += e->flat[d].count > 0;
   return n;
 }
 
 tdmi_span tdmi_engine_span(const tdm_engine *e, int i) {
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    if (e->flat[d].bytes == 0 || i-- > 0)
-      continue;
     const tdmi_flat *f = &e->flat[d];
-    return (tdmi_span){d, f->data, f->grad, f->bytes / tdmi_dtype_size(d)};
+    if (f->count == 0 || i-- > 0)
+      continue;
+    return (tdmi_span){d, f->data, f->grad, f->grad_dtype, f->copy,
+                       f->copy_dtype, 0, f->count};
   }
-  return (tdmi_span){TDM_F32, NULL, NULL, 0};
+  return (tdmi_span){0};
+}
+
+void tdmi_engine_param_range(const tdm_engine *e, int i, tdm_dtype *dtype,
+                             size_t *first, size_t *count) {
+  *dtype = e->params[i].dtype;
+  *first = e->params[i].first;
+  *count = e->params[i].numel;
+}
+
+tdm_status tdmi_engine_sum_partials(tdm_engine *e, double *values, int n) {
+  (void)e, (void)values, (void)n; /* DDP: every rank holds every value */
+  return TDM_SUCCESS;
 }

@@ -308,13 +308,16 @@ tdm_status tdm_backward_end(tdm_engine *e) {
     st = tdmi_error(e->comm_status, "%s: %s", fn, e->comm_msg);
   else
     st = unused;
-  return tdmi_agree(e->comm, st, fn);
+  st = tdmi_agree(e->comm, st, fn);
+  if (st != TDM_SUCCESS && e->at_boundary)
+    tdmi_engine_step_end(e, 0); /* a failed cycle is dropped, not stepped */
+  return st;
 }
 
 tdm_status tdm_loss_scale(const tdm_engine *e, double *scale) {
   TDMI_TRY(tdmi_engine_check(e, "tdm_loss_scale"));
   TDMI_TRY(tdmi_check_ptr("tdm_loss_scale", scale, "scale"));
-  *scale = 1.0 / ((double)e->ctx->size * e->accumulation_steps);
+  *scale = e->loss_scale / ((double)e->ctx->size * e->accumulation_steps);
   return TDM_SUCCESS;
 }
 
@@ -368,9 +371,14 @@ tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
   return TDM_SUCCESS;
 }
 
-void tdmi_engine_step_end(tdm_engine *e) {
-  for (int d = 0; d < TDM_NUM_DTYPES; d++)
-    if (e->flat[d].bytes)
-      memset(e->flat[d].grad, 0, e->flat[d].bytes);
+void tdmi_engine_step_end(tdm_engine *e, int grads_zeroed) {
+  for (int d = 0; d < TDM_NUM_DTYPES && !grads_zeroed; d++)
+    if (e->flat[d].count)
+      memset(e->flat[d].grad, 0,
+             e->flat[d].count * tdmi_dtype_size(e->flat[d].grad_dtype));
   e->at_boundary = 0;
+}
+
+void tdmi_engine_set_loss_scale(tdm_engine *e, double scale) {
+  e->loss_scale = scale;
 }

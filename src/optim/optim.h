@@ -1,21 +1,68 @@
-/* optim.h - internal interface of the optimizer layer: update rules on
- * spans (values, gradients, state) handed over by the engine, which may be
- * a full replica or a shard.  Not installed. */
+/* optim.h - internal interface of the optimizer layer: update rules,
+ * parameter groups, schedules, clipping and the fp16 loss scaler, on spans
+ * (values, gradients, state) handed over by the engine, which may be a
+ * full replica or a shard.  The arithmetic is the device layer's kernels.
+ * Not installed. */
 #ifndef TDM_OPTIM_H
 #define TDM_OPTIM_H
 
 #include "../engine/engine.h"
 
 typedef struct {
-  double lr, momentum, dampening, weight_decay;
-  int nesterov;
-} tdmi_sgd;
+  double lr, weight_decay;
+} tdmi_group;
 
-/* One SGD step over n elements; momentum is NULL without momentum.
- * first: the momentum buffer is initialized from the gradient (PyTorch). */
-void tdmi_sgd_f32(const tdmi_sgd *h, float *param, const float *grad,
-                  float *momentum, size_t n, int first);
-void tdmi_sgd_f64(const tdmi_sgd *h, double *param, const double *grad,
-                  double *momentum, size_t n, int first);
+/* Elements [begin, end) of a span whose parameters share a group; the
+ * padding after a parameter goes with it. */
+typedef struct {
+  size_t begin, end;
+  int group;
+} tdmi_segment;
+
+typedef struct {
+  tdmi_span span;
+  void *state0, *state1; /* span.dtype; NULL when the kind has none */
+  tdmi_segment *segments;
+  int nsegments;
+} tdmi_opt_span;
+
+/* The clip requested at the boundary in progress; tdm_step applies
+ * g = clamp(g * inv_scale * pre, lo, hi) * post. */
+typedef struct {
+  double pre, lo, hi, post;
+  int nonfinite_known; /* a norm was computed: nonfinite is valid */
+  int nonfinite;
+} tdmi_clip;
+
+struct tdm_optimizer {
+  tdm_engine *engine;
+  tdm_optimizer_options o; /* every default resolved */
+  tdmi_group *groups;
+  int ngroups;
+  int *param_group;        /* per engine parameter */
+  tdmi_opt_span *spans;
+  int nspans;
+  int started;             /* the first boundary came: groups are frozen */
+  int64_t steps, skipped;
+  int last_skipped;
+  tdm_schedule_options schedule;
+  int scaling;             /* fp16: the dynamic loss scale is on */
+  double scale;
+  int growth_tracker;      /* clean steps since the scale last changed */
+  tdmi_clip clip;
+};
+
+tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn);
+/* TDM_ERR_INVALID_USAGE unless the micro-step that just ended closes an
+ * accumulation cycle (the optimizer steps now). */
+tdm_status tdmi_optim_check_boundary(tdm_optimizer *opt, const char *fn);
+/* Splits every span into segments by group (groups.c). */
+tdm_status tdmi_optim_build_segments(tdm_optimizer *opt);
+/* Group g's learning rate for the next step: base times the schedule. */
+double tdmi_optim_lr(const tdm_optimizer *opt, int group);
+/* No clip: the identity transform. */
+void tdmi_optim_clip_reset(tdm_optimizer *opt);
+/* Whether any gradient is inf or nan, over all ranks' parts (clip.c). */
+tdm_status tdmi_optim_nonfinite(tdm_optimizer *opt, int *nonfinite);
 
 #endif /* TDM_OPTIM_H */

@@ -1,17 +1,12 @@
 /* optimizer.c - tdm_optimizer: hyperparameters, state per engine span,
- * and tdm_step, which updates only at the end of an accumulation cycle. */
+ * the fp16 loss scaler, and tdm_step, which updates only at the end of an
+ * accumulation cycle. */
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "optim.h"
-
-struct tdm_optimizer {
-  tdm_engine *engine;
-  tdmi_sgd sgd;
-  int64_t steps;   /* updates done; the first initializes momentum */
-  int nspans;
-  void **momentum; /* per span; NULL entries without momentum */
-};
 
 tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options) {
   TDMI_CHECK_PTR(options, "tdm_optimizer_options_init");
@@ -20,14 +15,69 @@ tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options) {
   return TDM_SUCCESS;
 }
 
-static tdm_status bad(const char *what, double v) {
+static tdm_status bad(const char *what, double v, const char *expect) {
   return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
-                    "tdm_optimizer_create: %s = %g is invalid", what, v);
+                    "tdm_optimizer_create: options->%s = %g is invalid; "
+                    "expected %s", what, v, expect);
+}
+
+/* Negative means the kind's default. */
+static void fill_defaults(tdm_optimizer_options *o) {
+  int lion = o->kind == TDM_OPTIMIZER_LION;
+  if (o->beta1 < 0)
+    o->beta1 = 0.9;
+  if (o->beta2 < 0)
+    o->beta2 = lion ? 0.99 : 0.999;
+  if (o->eps < 0)
+    o->eps = 1e-8;
+  if (o->init_scale < 0)
+    o->init_scale = 65536.0;
+  if (o->growth_factor < 0)
+    o->growth_factor = 2.0;
+  if (o->backoff_factor < 0)
+    o->backoff_factor = 0.5;
+  if (o->growth_interval < 0)
+    o->growth_interval = 2000;
+}
+
+static tdm_status check_values(const tdm_optimizer_options *o) {
+  if (o->kind < TDM_OPTIMIZER_SGD || o->kind > TDM_OPTIMIZER_LION)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_optimizer_create: kind %d is not a "
+                      "tdm_optimizer_kind", o->kind);
+  if (!(o->lr >= 0))
+    return bad("lr", o->lr, ">= 0");
+  if (!(o->momentum >= 0))
+    return bad("momentum", o->momentum, ">= 0");
+  if (!(o->weight_decay >= 0))
+    return bad("weight_decay", o->weight_decay, ">= 0");
+  if (!(o->dampening >= 0 && o->dampening <= 1))
+    return bad("dampening", o->dampening, "in [0, 1]");
+  if (o->nesterov && (o->momentum <= 0 || o->dampening != 0))
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_optimizer_create: nesterov needs momentum > 0 and "
+                      "dampening 0");
+  if (!(o->beta1 < 1))
+    return bad("beta1", o->beta1, "in [0, 1)");
+  if (!(o->beta2 < 1))
+    return bad("beta2", o->beta2, "in [0, 1)");
+  if (!(o->eps >= 0 && isfinite(o->eps)))
+    return bad("eps", o->eps, ">= 0");
+  if (!(o->init_scale > 0 && isfinite(o->init_scale)))
+    return bad("init_scale", o->init_scale, "> 0");
+  if (!(o->growth_factor > 1))
+    return bad("growth_factor", o->growth_factor, "> 1");
+  if (!(o->backoff_factor > 0 && o->backoff_factor < 1))
+    return bad("backoff_factor", o->backoff_factor, "in (0, 1)");
+  if (o->growth_interval == 0)
+    return bad("growth_interval", 0, ">= 1");
+  return TDM_SUCCESS;
 }
 
 /* Reads the caller's struct up to its own size; missing fields keep their
  * TDM_OPTIMIZER_OPTIONS_INIT values. */
-static tdm_status read_options(const tdm_optimizer_options *in, tdmi_sgd *out) {
+static tdm_status read_options(const tdm_optimizer_options *in,
+                               tdm_optimizer_options *out) {
   tdm_optimizer_options o = TDM_OPTIMIZER_OPTIONS_INIT;
   if (in->size < offsetof(tdm_optimizer_options, kind) + sizeof(int) ||
       in->size > sizeof o)
@@ -36,56 +86,81 @@ static tdm_status read_options(const tdm_optimizer_options *in, tdmi_sgd *out) {
                       "tdm_optimizer_options size (start from "
                       "TDM_OPTIMIZER_OPTIONS_INIT)", in->size);
   memcpy(&o, in, in->size);
-  if (o.kind != TDM_OPTIMIZER_SGD)
-    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
-                      "tdm_optimizer_create: kind %d is not a "
-                      "tdm_optimizer_kind", o.kind);
-  if (!(o.lr >= 0))
-    return bad("lr", o.lr);
-  if (!(o.momentum >= 0))
-    return bad("momentum", o.momentum);
-  if (!(o.weight_decay >= 0))
-    return bad("weight_decay", o.weight_decay);
-  if (!(o.dampening >= 0 && o.dampening <= 1))
-    return bad("dampening", o.dampening);
-  if (o.nesterov && (o.momentum <= 0 || o.dampening != 0))
-    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
-                      "tdm_optimizer_create: nesterov needs momentum > 0 and "
-                      "dampening 0");
-  *out = (tdmi_sgd){o.lr, o.momentum, o.dampening, o.weight_decay,
-                    o.nesterov != 0};
+  o.size = sizeof o;
+  fill_defaults(&o);
+  TDMI_TRY(check_values(&o));
+  *out = o;
   return TDM_SUCCESS;
 }
 
-static tdm_status check_optimizer(const tdm_optimizer *opt, const char *fn) {
+tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn) {
   TDMI_CHECK_PTR(opt, fn);
   if (!tdmi_handle_live(opt, TDMI_HANDLE_OPTIMIZER))
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: optimizer %p is not a live optimizer (destroyed, "
                       "or never returned by tdm_optimizer_create)", fn,
                       (const void *)opt);
+  return tdmi_engine_check(opt->engine, fn);
+}
+
+tdm_status tdmi_optim_check_boundary(tdm_optimizer *opt, const char *fn) {
+  int now = 0;
+  TDMI_TRY(tdmi_engine_step_begin(opt->engine, fn, &now));
+  if (!now)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: only between tdm_backward_end and tdm_step of the "
+                      "micro-step that ends an accumulation cycle", fn);
   return TDM_SUCCESS;
 }
 
 static void optimizer_free(tdm_optimizer *opt) {
   tdmi_handle_unregister(opt, TDMI_HANDLE_OPTIMIZER);
-  for (int i = 0; opt->momentum && i < opt->nspans; i++)
-    free(opt->momentum[i]);
-  free(opt->momentum);
+  for (int i = 0; opt->spans && i < opt->nspans; i++) {
+    free(opt->spans[i].state0);
+    free(opt->spans[i].state1);
+    free(opt->spans[i].segments);
+  }
+  free(opt->spans);
+  free(opt->groups);
+  free(opt->param_group);
   free(opt);
 }
 
+/* Zeroed state of n elements on cache lines (as the values it goes
+ * with: a vector load then never spans two lines), or NULL when the kind
+ * does not use it. */
+static tdm_status state_array(int used, size_t n, tdm_dtype dtype,
+                              void **out) {
+  size_t bytes = (n * tdmi_dtype_size(dtype) + TDMI_ALIGN - 1) / TDMI_ALIGN *
+                 TDMI_ALIGN;
+  *out = used ? aligned_alloc(TDMI_ALIGN, bytes ? bytes : TDMI_ALIGN) : NULL;
+  if (*out)
+    memset(*out, 0, bytes);
+  if (used && !*out)
+    return tdmi_error(TDM_ERR_NO_MEMORY,
+                      "tdm_optimizer_create: out of memory for %zu elements "
+                      "of optimizer state", n);
+  return TDM_SUCCESS;
+}
+
 static tdm_status allocate_state(tdm_optimizer *opt) {
+  const tdm_optimizer_options *o = &opt->o;
+  int kind = o->kind;
+  int uses0 = kind != TDM_OPTIMIZER_SGD || o->momentum > 0;
+  int uses1 = kind == TDM_OPTIMIZER_ADAM || kind == TDM_OPTIMIZER_ADAMW;
   opt->nspans = tdmi_engine_span_count(opt->engine);
-  opt->momentum = calloc((size_t)opt->nspans, sizeof *opt->momentum);
-  if (!opt->momentum)
+  opt->spans = calloc((size_t)opt->nspans, sizeof *opt->spans);
+  opt->groups = malloc(sizeof *opt->groups);
+  opt->param_group = calloc((size_t)opt->engine->nparams, sizeof(int));
+  if (!opt->spans || !opt->groups || !opt->param_group)
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_optimizer_create: out of memory");
-  for (int i = 0; i < opt->nspans && opt->sgd.momentum > 0; i++) {
-    tdmi_span s = tdmi_engine_span(opt->engine, i);
-    opt->momentum[i] = calloc(s.count, tdmi_dtype_size(s.dtype));
-    if (!opt->momentum[i])
-      return tdmi_error(TDM_ERR_NO_MEMORY,
-                        "tdm_optimizer_create: out of memory for momentum");
+  opt->groups[0] = (tdmi_group){o->lr, o->weight_decay};
+  opt->ngroups = 1;
+  for (int i = 0; i < opt->nspans; i++) {
+    tdmi_opt_span *s = &opt->spans[i];
+    s->span = tdmi_engine_span(opt->engine, i);
+    TDMI_TRY(state_array(uses0, s->span.count, s->span.dtype, &s->state0));
+    TDMI_TRY(state_array(uses1, s->span.count, s->span.dtype, &s->state1));
   }
   return TDM_SUCCESS;
 }
@@ -97,13 +172,19 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
   TDMI_TRY(tdmi_engine_check_prepared(engine, fn));
   TDMI_CHECK_PTR(options, fn);
   TDMI_CHECK_PTR(optimizer, fn);
-  tdmi_sgd sgd;
-  TDMI_TRY(read_options(options, &sgd));
+  tdm_optimizer_options o;
+  TDMI_TRY(read_options(options, &o));
   tdm_optimizer *opt = calloc(1, sizeof *opt);
   if (!opt)
     return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
   opt->engine = engine;
-  opt->sgd = sgd;
+  opt->o = o;
+  tdm_schedule_options constant = TDM_SCHEDULE_OPTIONS_INIT;
+  opt->schedule = constant;
+  opt->scaling = engine->precision == TDM_PRECISION_FP16;
+  opt->scale = opt->scaling ? o.init_scale : 1.0;
+  tdmi_engine_set_loss_scale(engine, opt->scale);
+  tdmi_optim_clip_reset(opt);
   tdm_status st = allocate_state(opt);
   if (st == TDM_SUCCESS)
     st = tdmi_handle_register(opt, TDMI_HANDLE_OPTIMIZER);
@@ -115,28 +196,133 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
   return TDM_SUCCESS;
 }
 
+/* Only the optimizer itself must be live: it may outlive its engine. */
 tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer) {
-  TDMI_TRY(check_optimizer(optimizer, "tdm_optimizer_destroy"));
+  TDMI_CHECK_PTR(optimizer, "tdm_optimizer_destroy");
+  if (!tdmi_handle_live(optimizer, TDMI_HANDLE_OPTIMIZER))
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "tdm_optimizer_destroy: optimizer %p is not a live "
+                      "optimizer", (const void *)optimizer);
   optimizer_free(optimizer);
   return TDM_SUCCESS;
 }
 
+/* The update of group g at step t = steps + 1, as torch computes it. */
+static tdmi_update update_of(const tdm_optimizer *opt, int g) {
+  const tdm_optimizer_options *o = &opt->o;
+  double lr = tdmi_optim_lr(opt, g), wd = opt->groups[g].weight_decay;
+  double t = (double)(opt->steps + 1);
+  int decoupled = o->kind == TDM_OPTIMIZER_ADAMW || o->kind == TDM_OPTIMIZER_LION;
+  const tdmi_clip *c = &opt->clip;
+  return (tdmi_update){
+      .kind = o->kind,
+      .pre = c->pre / opt->scale, .lo = c->lo, .hi = c->hi, .post = c->post,
+      .lr = lr, .weight_decay = wd,
+      .momentum = o->momentum, .keep = 1.0 - o->dampening,
+      .nesterov = o->nesterov, .first = opt->steps == 0,
+      .beta1 = o->beta1, .c1 = 1.0 - o->beta1,
+      .beta2 = o->beta2, .c2 = 1.0 - o->beta2, .eps = o->eps,
+      .decay = decoupled ? 1.0 - lr * wd : 1.0,
+      .step_size = lr / (1.0 - pow(o->beta1, t)),
+      .bias2_sqrt = sqrt(1.0 - pow(o->beta2, t))};
+}
+
+static void *at(void *base, size_t i, tdm_dtype dtype) {
+  return base ? (char *)base + i * tdmi_dtype_size(dtype) : NULL;
+}
+
+static void update_segment(const tdm_optimizer *opt, const tdmi_opt_span *s,
+                           const tdmi_segment *seg, const tdmi_update *u) {
+  const tdmi_span *sp = &s->span;
+  tdmi_update_arrays a = {
+      .param = at(sp->data, seg->begin, sp->dtype), .dtype = sp->dtype,
+      .grad = at(sp->grad, seg->begin, sp->grad_dtype),
+      .grad_dtype = sp->grad_dtype,
+      .copy = at(sp->copy, seg->begin, sp->copy_dtype),
+      .copy_dtype = sp->copy_dtype,
+      .state0 = at(s->state0, seg->begin, sp->dtype),
+      .state1 = at(s->state1, seg->begin, sp->dtype),
+      .n = seg->end - seg->begin, .zero_grad = 1};
+  tdmi_kernel_update(&opt->engine->kernels, u, &a);
+}
+
+/* torch.amp.GradScaler.update: back off on inf/nan, grow after
+ * growth_interval clean steps in a row. */
+static void update_scale(tdm_optimizer *opt, int nonfinite) {
+  if (nonfinite) {
+    opt->scale *= opt->o.backoff_factor;
+    opt->growth_tracker = 0;
+  } else if (++opt->growth_tracker == opt->o.growth_interval) {
+    double grown = opt->scale * opt->o.growth_factor;
+    if (grown <= FLT_MAX) /* torch keeps a scale that would overflow f32 */
+      opt->scale = grown;
+    opt->growth_tracker = 0;
+  }
+  tdmi_engine_set_loss_scale(opt->engine, opt->scale);
+}
+
+static void update_all(tdm_optimizer *opt) {
+  tdmi_update *per_group = malloc(sizeof *per_group * (size_t)opt->ngroups);
+  for (int g = 0; per_group && g < opt->ngroups; g++)
+    per_group[g] = update_of(opt, g);
+  for (int i = 0; i < opt->nspans; i++) {
+    const tdmi_opt_span *s = &opt->spans[i];
+    for (int j = 0; j < s->nsegments; j++) {
+      int g = s->segments[j].group;
+      tdmi_update u = per_group ? per_group[g] : update_of(opt, g);
+      update_segment(opt, s, &s->segments[j], &u);
+    }
+  }
+  free(per_group);
+}
+
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
-  TDMI_TRY(check_optimizer(opt, "tdm_step"));
+  TDMI_TRY(tdmi_optim_check(opt, "tdm_step"));
   int now = 0;
   TDMI_TRY(tdmi_engine_step_begin(opt->engine, "tdm_step", &now));
   if (stepped)
-    *stepped = now;
+    *stepped = 0;
   if (!now)
     return TDM_SUCCESS;
-  int first = opt->steps++ == 0;
-  for (int i = 0; i < opt->nspans; i++) {
-    tdmi_span s = tdmi_engine_span(opt->engine, i);
-    if (s.dtype == TDM_F32)
-      tdmi_sgd_f32(&opt->sgd, s.data, s.grad, opt->momentum[i], s.count, first);
-    else
-      tdmi_sgd_f64(&opt->sgd, s.data, s.grad, opt->momentum[i], s.count, first);
+  if (!opt->started) {
+    TDMI_TRY(tdmi_optim_build_segments(opt));
+    opt->started = 1;
   }
-  tdmi_engine_step_end(opt->engine);
+  int nonfinite = 0;
+  if (opt->scaling)
+    TDMI_TRY(tdmi_optim_nonfinite(opt, &nonfinite));
+  opt->last_skipped = nonfinite;
+  if (nonfinite) {
+    opt->skipped++;
+    tdmi_log(opt->engine->ctx, TDM_LOG_INFO, "optimizer: inf/nan gradients "
+             "at loss scale %g: step skipped", opt->scale);
+  } else {
+    update_all(opt);
+    opt->steps++;
+  }
+  if (opt->scaling)
+    update_scale(opt, nonfinite);
+  tdmi_optim_clip_reset(opt);
+  tdmi_engine_step_end(opt->engine, !nonfinite);
+  if (stepped)
+    *stepped = !nonfinite;
+  return TDM_SUCCESS;
+}
+
+tdm_status tdm_get_optimizer_info(const tdm_optimizer *opt,
+                                  tdm_optimizer_info *info) {
+  const char *fn = "tdm_get_optimizer_info";
+  TDMI_TRY(tdmi_optim_check(opt, fn));
+  TDMI_CHECK_PTR(info, fn);
+  if (info->size < offsetof(tdm_optimizer_info, steps) + sizeof(int64_t) ||
+      info->size > sizeof *info)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: info->size = %zu is not a tdm_optimizer_info size "
+                      "(set it to sizeof(tdm_optimizer_info))", fn,
+                      info->size);
+  tdm_optimizer_info full = {sizeof full, opt->steps, opt->skipped,
+                             opt->last_skipped, tdmi_optim_lr(opt, 0),
+                             opt->scale};
+  memcpy(info, &full, info->size);
   return TDM_SUCCESS;
 }

@@ -1,0 +1,12 @@
+/* kernels_avx512.c - the CPU kernels for AVX-512 (F, BW, VL) with F16C
+ * conversions. */
+#if defined(__x86_64__) || defined(__i386__)
+#define KERNEL_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c")))
+#define KERNEL_TABLE tdmi_kernels_avx512
+#define KERNEL_F16C 1
+#include "kernels_impl.h"
+#else /* not x86: never selected (tdmi_kernels_init) */
+#include "kernels_table.h"
+const tdmi_kernel_table tdmi_kernels_avx512 = {NULL, NULL, NULL};
+#endif
