@@ -62,6 +62,13 @@ for np in 2 3; do
 done
 step "bench/optim correctness (--check: fused AdamW vs scalar AdamW)" \
   "$top/scripts/mpirun.sh" -np 1 "$b/default/bench/optim" --check
+for mp in bf16 fp16; do
+  step "examples/mlp with TANDEM_MIXED_PRECISION=$mp, 3 ranks" \
+    env TANDEM_MIXED_PRECISION=$mp "$top/scripts/mpirun.sh" -np 3 "$b/default/examples/mlp/mlp"
+done
+step "examples/mlp in fp16 with f16 gradient reduction, 2 accumulation steps, 2 ranks" \
+  env TANDEM_MIXED_PRECISION=fp16 TANDEM_REDUCE_DTYPE=f16 TANDEM_GRADIENT_ACCUMULATION_STEPS=2 \
+  "$top/scripts/mpirun.sh" -np 2 "$b/default/examples/mlp/mlp"
 step "examples/mlp with portable C kernels (TANDEM_CPU_ISA=generic), 2 ranks" \
   env TANDEM_CPU_ISA=generic "$top/scripts/mpirun.sh" -np 2 "$b/default/examples/mlp/mlp"
 

@@ -262,18 +262,13 @@ static void update_scale(tdm_optimizer *opt, int nonfinite) {
 }
 
 static void update_all(tdm_optimizer *opt) {
-  tdmi_update *per_group = malloc(sizeof *per_group * (size_t)opt->ngroups);
-  for (int g = 0; per_group && g < opt->ngroups; g++)
-    per_group[g] = update_of(opt, g);
   for (int i = 0; i < opt->nspans; i++) {
     const tdmi_opt_span *s = &opt->spans[i];
     for (int j = 0; j < s->nsegments; j++) {
-      int g = s->segments[j].group;
-      tdmi_update u = per_group ? per_group[g] : update_of(opt, g);
+      tdmi_update u = update_of(opt, s->segments[j].group);
       update_segment(opt, s, &s->segments[j], &u);
     }
   }
-  free(per_group);
 }
 
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
