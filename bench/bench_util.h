@@ -1,6 +1,6 @@
 /* bench_util.h - what the benchmarks share: fatal-error reporting that
  * names the rank and call (then tdm_abort, so no rank hangs), and
- * command-line number parsing.  Each benchmark sets g_ctx and g_rank once
+ * command-line number parsing, and the median of timings.  Each benchmark sets g_ctx and g_rank once
  * tdm_init succeeded, and bench_name before anything can fail. */
 #ifndef TDM_BENCH_UTIL_H
 #define TDM_BENCH_UTIL_H
@@ -9,6 +9,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tandem.h"
 
@@ -78,6 +79,22 @@ static long parse_long(const char *s, long lo, long hi, int *ok) {
   long v = strtol(s, &end, 10);
   if (end == s || *end != '\0' || v < lo || v > hi) *ok = 0;
   return v;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* The median of v[0..n), n >= 1; v is left as it is. */
+static double median(const double *v, int n) {
+  double *tmp = malloc(sizeof *v * (size_t)n);
+  if (!tmp) die("malloc", "out of memory", __FILE__, __LINE__);
+  memcpy(tmp, v, sizeof *v * (size_t)n);
+  qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+  double m = n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
+  free(tmp);
+  return m;
 }
 
 #endif /* TDM_BENCH_UTIL_H */

@@ -489,16 +489,6 @@ static long auto_iters(bench_t *b, coll_fn fn) {
   return want > (double)MAX_ITERS ? MAX_ITERS : (long)want;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Alternating blocks (tandem first in even rounds, MPI first in odd ones);
  * each block's time is the max over ranks of its per-call average, and the
  * reported time is the median over rounds.  t[1] is 0 without MPI. */

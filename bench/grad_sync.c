@@ -241,17 +241,6 @@ static int parse_options(int argc, char **argv, options_t *o) {
 
 /* ---- timing ------------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double tmp[MAX_REPS];
-  memcpy(tmp, v, sizeof *v * (size_t)n);
-  qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
-  return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
-}
 
 /* Per-rep times made the max over ranks, in place; returns the median. */
 static double median_of_max(MPI_Comm comm, double *v, int n) {

@@ -193,17 +193,6 @@ static void *xmalloc(size_t bytes) {
   return p;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double tmp[MAX_REPS];
-  memcpy(tmp, v, sizeof *v * (size_t)n);
-  qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
-  return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
-}
 
 static double minimum(const double *v, int n) {
   double m = v[0];

@@ -93,13 +93,18 @@ static tdm_status read_options(const tdm_optimizer_options *in,
   return TDM_SUCCESS;
 }
 
-tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn) {
+static tdm_status check_live(const tdm_optimizer *opt, const char *fn) {
   TDMI_CHECK_PTR(opt, fn);
   if (!tdmi_handle_live(opt, TDMI_HANDLE_OPTIMIZER))
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: optimizer %p is not a live optimizer (destroyed, "
                       "or never returned by tdm_optimizer_create)", fn,
                       (const void *)opt);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn) {
+  TDMI_TRY(check_live(opt, fn));
   return tdmi_engine_check(opt->engine, fn);
 }
 
@@ -198,11 +203,7 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
 
 /* Only the optimizer itself must be live: it may outlive its engine. */
 tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer) {
-  TDMI_CHECK_PTR(optimizer, "tdm_optimizer_destroy");
-  if (!tdmi_handle_live(optimizer, TDMI_HANDLE_OPTIMIZER))
-    return tdmi_error(TDM_ERR_INVALID_USAGE,
-                      "tdm_optimizer_destroy: optimizer %p is not a live "
-                      "optimizer", (const void *)optimizer);
+  TDMI_TRY(check_live(optimizer, "tdm_optimizer_destroy"));
   optimizer_free(optimizer);
   return TDM_SUCCESS;
 }
