@@ -1,11 +1,13 @@
 /* bench_util.h - what the benchmarks share: fatal-error reporting that
  * names the rank and call (then tdm_abort, so no rank hangs), and
- * command-line number parsing, and the median of timings.  Each benchmark sets g_ctx and g_rank once
- * tdm_init succeeded, and bench_name before anything can fail. */
+ * command-line number parsing, rank-0 printing and the median of
+ * timings.  Each benchmark sets g_ctx and g_rank once tdm_init succeeded,
+ * and bench_name before anything can fail. */
 #ifndef TDM_BENCH_UTIL_H
 #define TDM_BENCH_UTIL_H
 
 #include <limits.h>
+#include <stdarg.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,18 @@
 static tdm_context *g_ctx;
 static int g_rank = -1; /* -1 until tdm_init has succeeded */
 static const char *bench_name = "bench";
+
+/* printf on rank 0 only, flushed (unused by some benchmarks). */
+static void say(const char *format, ...)
+    __attribute__((format(printf, 1, 2), unused));
+static void say(const char *format, ...) {
+  if (g_rank != 0) return;
+  va_list ap;
+  va_start(ap, format);
+  vprintf(format, ap);
+  va_end(ap);
+  fflush(stdout);
+}
 
 static void die(const char *what, const char *detail, const char *file,
                 int line) {

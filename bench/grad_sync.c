@@ -49,21 +49,6 @@
 #define TOL 1e-5          /* relative tolerance of the averaged gradients    */
 #endif
 
-/* printf on rank 0 only, flushed. */
-static void say(const char *format, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2)))
-#endif
-    ;
-
-static void say(const char *format, ...) {
-  if (g_rank != 0) return;
-  va_list ap;
-  va_start(ap, format);
-  vprintf(format, ap);
-  va_end(ap);
-  fflush(stdout);
-}
 
 /* ---- options ------------------------------------------------------------ */
 

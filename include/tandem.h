@@ -150,6 +150,16 @@ typedef enum {
   TDM_CPU_ISA_AVX512 = 3   /* AVX-512 F/BW/VL                              */
 } tdm_cpu_isa;
 
+/* Where the f32 master weights, optimizer state (and, under ZeRO-3, the
+ * parameter shards) live.  On a CPU build everything is host memory
+ * already; on GPU builds this moves them to (pinned) host memory and runs
+ * the optimizer step on the CPU. */
+typedef enum {
+  TDM_OFFLOAD_NONE = 0,
+  TDM_OFFLOAD_OPTIMIZER = 1, /* master shard and optimizer state; ZeRO >= 1 */
+  TDM_OFFLOAD_PARAMS = 2     /* that, plus the parameter shards; ZeRO-3    */
+} tdm_offload;
+
 /* Marks an option field the caller leaves to environment / file / default. */
 #define TDM_UNSET (-1)
 
@@ -193,12 +203,26 @@ typedef struct tdm_options {
   int cpu_isa;             /* tdm_cpu_isa; env TANDEM_CPU_ISA (auto,
                               generic, avx2, avx512); default auto: the
                               widest the CPU supports                     */
+  /* Sharding (ZeRO) and offload (tdm_engine_create reads these). */
+  int zero_stage;          /* 0 (DDP), 1 (optimizer state sharded), 2 (and
+                              gradients), 3 (and parameters); env
+                              TANDEM_ZERO_STAGE; default 0               */
+  int offload;             /* tdm_offload; env TANDEM_OFFLOAD (none,
+                              optimizer, params); default none           */
+  int zero3_prefetch_bytes; /* ZeRO-3: bytes of the modules gathered ahead
+                              of the one fetched; env
+                              TANDEM_ZERO3_PREFETCH_BYTES; default 50 MiB */
+  int zero3_persistence_threshold; /* ZeRO-3: a module with fewer
+                              elements stays gathered; env
+                              TANDEM_ZERO3_PERSISTENCE_THRESHOLD; default
+                              100000 (DeepSpeed's)                        */
 } tdm_options;
 
 #define TDM_OPTIONS_INIT                                                 \
   { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
-    TDM_UNSET, TDM_UNSET, TDM_UNSET }
+    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
+    TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 
@@ -417,7 +441,10 @@ tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
 tdm_status tdm_prepare(tdm_engine *engine);
 
 /* After tdm_prepare: the parameter's values and gradient (either pointer
- * may be NULL).  Valid until tdm_engine_destroy. */
+ * may be NULL).  Stages 0 and 1: valid until tdm_engine_destroy.  ZeRO-2
+ * and 3 (see tdm_fetch_module): the gradient only inside a micro-step,
+ * until the parameter is marked ready; ZeRO-3: the values only while the
+ * module is fetched (always for a persistent module). */
 tdm_status tdm_param_buffers(tdm_engine *engine, int param, void **data,
                              void **grad);
 tdm_status tdm_find_param(const tdm_engine *engine, const char *name,
@@ -450,8 +477,10 @@ tdm_status tdm_progress(tdm_engine *engine);
 tdm_status tdm_backward_end(tdm_engine *engine);
 
 /* Whether the micro-step in progress (or the next one, between
- * micro-steps) synchronizes gradients: the last of each accumulation
- * cycle, or one forced by tdm_sync_now. */
+ * micro-steps) ends the accumulation cycle, so that tdm_step updates after
+ * it: the last of each cycle, or one forced by tdm_sync_now.  Stages 0 and
+ * 1 synchronize gradients only then; stages 2 and 3 reduce-scatter in
+ * every micro-step. */
 tdm_status tdm_is_sync_step(const tdm_engine *engine, int *yes);
 /* Makes the next micro-step the end of the accumulation cycle (for
  * example the last batch of an epoch).  Between micro-steps only. */
@@ -476,6 +505,100 @@ tdm_status tdm_get_param_bucket(const tdm_engine *engine, int param,
 /* The progress mode in use (TDM_PROGRESS_POLL or TDM_PROGRESS_THREAD). */
 tdm_status tdm_get_progress_mode(const tdm_engine *engine,
                                  tdm_progress_mode *mode);
+
+/* ---- sharding (ZeRO) ---------------------------------------------------- */
+/*
+ * tdm_options.zero_stage picks the strategy; the training loop is the
+ * same for every stage when it fetches each module before using it:
+ *
+ *   forward, for each module m in order:
+ *     tdm_fetch_module(e, m); tdm_param_buffers(...); compute;
+ *     tdm_release_module(e, m)
+ *   backward, for each module m in reverse order:
+ *     tdm_fetch_module(e, m); tdm_param_buffers(..., &data, &grad);
+ *     add into grad; tdm_module_grads_ready(e, m); tdm_release_module(e, m)
+ *
+ * Stage 0 keeps a full replica and allreduces gradients.  Stage 1 keeps
+ * full parameters and gradients, reduce-scatters the gradients at the end
+ * of the accumulation cycle and steps only this rank's shard of the
+ * master weights and optimizer state, then all-gathers the parameters.
+ * Stage 2 also shards the gradients: every micro-step's gradients are
+ * reduce-scattered bucket by bucket and added into this rank's shard, so
+ * a gradient pointer is valid only in the micro-step it was returned in,
+ * until its parameter is marked ready, and starts at zero.  Stage 3 also
+ * shards the parameters: each module is one bucket, gathered by
+ * tdm_fetch_module (the modules that follow it by index, in the direction
+ * of the last fetches: ascending in forward, descending in backward, are
+ * gathered ahead up to zero3_prefetch_bytes) and freed by
+ * tdm_release_module; its data pointer is valid in between.  Modules with
+ * fewer than zero3_persistence_threshold elements stay gathered.  Each
+ * bucket is cut into world-size equal chunks (padded), so every gradient
+ * collective is a real reduce-scatter.
+ */
+
+/* Collective over the engine's ranks, in the same order on all.  Makes the
+ * module's parameters present (ZeRO-3: gathers them, waiting for a
+ * prefetch in flight, and starts the prefetch of the next modules); a
+ * no-op for stages 0-2. */
+tdm_status tdm_fetch_module(tdm_engine *engine, int module);
+/* The module's gathered parameters may be freed (ZeRO-3); a no-op for
+ * stages 0-2 and for persistent modules. */
+tdm_status tdm_release_module(tdm_engine *engine, int module);
+/* Collective.  Copies the full master values of param (its registered
+ * dtype: f32 master weights under mixed precision) into out, on every
+ * rank, whatever the stage.  Between micro-steps. */
+tdm_status tdm_gather_param(tdm_engine *engine, int param, void *out);
+
+/* ---- memory accounting -------------------------------------------------- */
+
+typedef enum {
+  TDM_MEM_PARAMS = 0,          /* values the model computes with: compute
+                                  copies under mixed precision; ZeRO-3:
+                                  shards plus gathered modules            */
+  TDM_MEM_GRADS = 1,           /* gradients kept across micro-steps (full,
+                                  or this rank's shard)                   */
+  TDM_MEM_OPTIMIZER_STATE = 2, /* momentum, moments                       */
+  TDM_MEM_MASTER_WEIGHTS = 3,  /* f32 masters of 16-bit compute copies     */
+  TDM_MEM_COMM_BUFFERS = 4,    /* per-micro-step bucket gradients of ZeRO-2
+                                  and 3 and other collective scratch      */
+  TDM_MEM_NUM_CATEGORIES = 5
+} tdm_memory_category;
+
+typedef enum {
+  TDM_MEM_HOST = 0,
+  TDM_MEM_DEVICE = 1,
+  TDM_MEM_NUM_LOCATIONS = 2
+} tdm_memory_location;
+
+typedef struct tdm_memory_info {
+  size_t size; /* sizeof(tdm_memory_info) in the caller */
+  /* Bytes this rank holds now and at most since tdm_prepare (or the last
+   * tdm_reset_peak_memory), padding included. */
+  uint64_t current[TDM_MEM_NUM_CATEGORIES][TDM_MEM_NUM_LOCATIONS];
+  uint64_t peak[TDM_MEM_NUM_CATEGORIES][TDM_MEM_NUM_LOCATIONS];
+  uint64_t peak_total;  /* of the sum over categories and locations   */
+  /* ZeRO-3: bytes of gathered modules that are not persistent (part of
+   * TDM_MEM_PARAMS), now and at most. */
+  uint64_t gathered_params;
+  uint64_t peak_gathered_params;
+} tdm_memory_info;
+
+/* The engine's and its optimizer's memory on this rank.  info->size must
+ * be set by the caller. */
+tdm_status tdm_get_memory_info(const tdm_engine *engine,
+                               tdm_memory_info *info);
+/* Restarts the peaks from the current values. */
+tdm_status tdm_reset_peak_memory(tdm_engine *engine);
+/* A printable table of tdm_get_memory_info (one line per category, with
+ * current and peak per location) into buf, NUL-terminated; *needed (may
+ * be NULL) is the length it needs without the NUL.  Truncates like
+ * snprintf. */
+tdm_status tdm_memory_report(const tdm_engine *engine, char *buf,
+                             size_t size, size_t *needed);
+/* Bytes this rank has sent in the engine's collectives since tdm_prepare,
+ * counted as a ring algorithm sends them: an allreduce of S bytes over N
+ * ranks 2 S (N-1)/N, a reduce-scatter or an all-gather S (N-1)/N. */
+tdm_status tdm_get_comm_volume(const tdm_engine *engine, uint64_t *bytes);
 
 /* ---- optimizer -------------------------------------------------------------- */
 /*
@@ -628,6 +751,18 @@ typedef struct tdm_optimizer_info {
 /* info->size must be set by the caller. */
 tdm_status tdm_get_optimizer_info(const tdm_optimizer *optimizer,
                                   tdm_optimizer_info *info);
+
+/* The ZeRO paper's model-state bytes per rank (Rajbhandari et al. 2020,
+ * section 5): numel f32 parameters over world_size ranks at zero_stage,
+ * with compute copies under precision, gradients in reduce_dtype, and
+ * states_per_param f32 optimizer states per parameter (Adam 2, SGD with
+ * momentum and Lion 1).  bytes[c] is category c's share, without padding
+ * or communication buffers (bytes[TDM_MEM_COMM_BUFFERS] is 0). */
+tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
+                                    int zero_stage, tdm_precision precision,
+                                    tdm_dtype reduce_dtype,
+                                    int states_per_param,
+                                    uint64_t bytes[TDM_MEM_NUM_CATEGORIES]);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

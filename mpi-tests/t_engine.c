@@ -26,6 +26,7 @@ typedef struct {
   tdm_engine *e;
   tdm_optimizer *opt;
   mlp_model m;
+  float *value[MLP_PARAMS], *grad[MLP_PARAMS]; /* f32, stage 0: stable */
 } run;
 
 static tdm_context *context(MPI_Comm comm, int accum, int progress) {
@@ -44,7 +45,9 @@ static void start(run *r, MPI_Comm comm, int accum, int progress) {
   TH_OK(tdm_engine_create(r->ctx, &r->e));
   TH_OK(mlp_register(r->ctx, r->e, 77, &r->m));
   TH_OK(tdm_prepare(r->e));
-  TH_OK(mlp_bind(r->e, &r->m));
+  for (int p = 0; p < MLP_PARAMS; p++)
+    TH_OK(tdm_param_buffers(r->e, r->m.param[p], (void **)&r->value[p],
+                            (void **)&r->grad[p]));
   tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
   oo.lr = 0.05;
   oo.momentum = 0.9;
@@ -53,7 +56,6 @@ static void start(run *r, MPI_Comm comm, int accum, int progress) {
 }
 
 static void stop(run *r) {
-  mlp_unbind(&r->m);
   TH_OK(tdm_optimizer_destroy(r->opt));
   TH_OK(tdm_engine_destroy(r->e));
   TH_OK(tdm_finalize(r->ctx));
@@ -76,8 +78,8 @@ static const int counts[MLP_PARAMS] = {MLP_HIDDEN * MLP_IN, MLP_HIDDEN,
 static double rel_err(run *a, run *b, int grads) {
   double diff = 0, ref = 0;
   for (int p = 0; p < MLP_PARAMS; p++) {
-    const float *x = grads ? a->m.grad[p] : a->m.value[p];
-    const float *y = grads ? b->m.grad[p] : b->m.value[p];
+    const float *x = grads ? a->grad[p] : a->value[p];
+    const float *y = grads ? b->grad[p] : b->value[p];
     for (int i = 0; i < counts[p]; i++) {
       diff = fmax(diff, fabs((double)x[i] - y[i]));
       ref = fmax(ref, fabs((double)y[i]));
@@ -91,7 +93,7 @@ static int same_on_all_ranks(run *r, int grads) {
   int same = 1;
   for (int p = 0; p < MLP_PARAMS; p++) {
     float *all = malloc(sizeof *all * (size_t)counts[p] * size);
-    const float *mine = grads ? r->m.grad[p] : r->m.value[p];
+    const float *mine = grads ? r->grad[p] : r->value[p];
     MPI_Allgather(mine, counts[p], MPI_FLOAT, all, counts[p], MPI_FLOAT,
                   MPI_COMM_WORLD);
     for (int q = 1; q < size; q++)
@@ -194,7 +196,7 @@ static void state_machine(int progress) {
     TH_CHECK(state_of(&r, b) == TDM_BUCKET_IDLE, "bucket %d not IDLE", b);
   for (int p = 0; p < MLP_PARAMS; p++)
     for (int i = 0; i < counts[p]; i++)
-      r.m.grad[p][i] = (float)((rank + 1) * (p + 1) * scale);
+      r.grad[p][i] = (float)((rank + 1) * (p + 1) * scale);
   /* fc1.weight first: bucket 2 is READY but must wait for 0 and 1. */
   TH_OK(tdm_grad_ready(r.e, r.m.param[MLP_W1]));
   TH_CHECK(state_of(&r, 2) == TDM_BUCKET_READY, "bucket 2 launched early");
@@ -227,7 +229,7 @@ static void state_machine(int progress) {
   double sum_ranks = size * (size + 1) / 2.0;
   for (int p = 0; p < MLP_PARAMS; p++)
     for (int i = 0; i < counts[p]; i++)
-      TH_CLOSE(r.m.grad[p][i], sum_ranks * (p + 1) * scale, 1e-6,
+      TH_CLOSE(r.grad[p][i], sum_ranks * (p + 1) * scale, 1e-6,
                "summed gradient");
   for (int b = 0; b < 3; b++)
     TH_CHECK(state_of(&r, b) == TDM_BUCKET_REDUCED, "bucket %d not REDUCED",

@@ -71,6 +71,18 @@ step "examples/mlp in fp16 with f16 gradient reduction, 2 accumulation steps, 2 
   "$top/scripts/mpirun.sh" -np 2 "$b/default/examples/mlp/mlp"
 step "examples/mlp with portable C kernels (TANDEM_CPU_ISA=generic), 2 ranks" \
   env TANDEM_CPU_ISA=generic "$top/scripts/mpirun.sh" -np 2 "$b/default/examples/mlp/mlp"
+for stage in 1 2 3; do
+  step "examples/mlp with TANDEM_ZERO_STAGE=$stage, 3 ranks" \
+    env TANDEM_ZERO_STAGE=$stage "$top/scripts/mpirun.sh" -np 3 "$b/default/examples/mlp/mlp"
+done
+step "examples/mlp, ZeRO-3 with parameter offload, bf16, 2 accumulation steps, 4 ranks" \
+  env TANDEM_ZERO_STAGE=3 TANDEM_OFFLOAD=params TANDEM_MIXED_PRECISION=bf16 \
+  TANDEM_GRADIENT_ACCUMULATION_STEPS=2 TANDEM_ZERO3_PERSISTENCE_THRESHOLD=0 \
+  "$top/scripts/mpirun.sh" -np 4 "$b/default/examples/mlp/mlp"
+for np in 2 3; do
+  step "bench/zero correctness (--check: bytes and traffic vs the ZeRO formulas) on $np ranks" \
+    "$top/scripts/mpirun.sh" -np $np "$b/default/bench/zero" --check
+done
 
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda

@@ -36,80 +36,97 @@ tdm_status mlp_register(tdm_context *ctx, tdm_engine *e, uint64_t seed,
   return st;
 }
 
-/* An f32 view of a buffer: the buffer itself, or a new f32 copy. */
-static float *f32_view(void *buffer, tdm_dtype dtype, size_t n) {
-  return dtype == TDM_F32 ? buffer : calloc(n, sizeof(float));
-}
+static const size_t numel[MLP_PARAMS] = {MLP_HIDDEN * MLP_IN, MLP_HIDDEN,
+                                         MLP_HIDDEN, 1};
 
-tdm_status mlp_bind(tdm_engine *e, mlp_model *m) {
-  static const size_t numel[MLP_PARAMS] = {MLP_HIDDEN * MLP_IN, MLP_HIDDEN,
-                                           MLP_HIDDEN, 1};
-  for (int p = 0; p < MLP_PARAMS; p++) {
-    m->numel[p] = numel[p];
-    tdm_status st = tdm_param_buffers(e, m->param[p], &m->data[p],
-                                      &m->grad_buffer[p]);
-    if (st == TDM_SUCCESS)
-      st = tdm_get_param_dtypes(e, m->param[p], &m->data_dtype[p],
-                                &m->grad_dtype[p]);
-    if (st != TDM_SUCCESS)
-      return st;
-    m->value[p] = f32_view(m->data[p], m->data_dtype[p], numel[p]);
-    m->grad[p] = f32_view(m->grad_buffer[p], m->grad_dtype[p], numel[p]);
-    if (!m->value[p] || !m->grad[p])
-      return TDM_ERR_NO_MEMORY;
-  }
-  return TDM_SUCCESS;
-}
+/* A parameter's values or gradient as f32: tandem's buffer itself, or an
+ * f32 copy of a 16-bit one (values converted in; a gradient copy starts
+ * at zero and is added back into the buffer when closed). */
+typedef struct {
+  void *buffer;
+  tdm_dtype dtype;
+  size_t n;
+  float *f32;
+} view;
 
-void mlp_unbind(mlp_model *m) {
-  for (int p = 0; p < MLP_PARAMS; p++) {
-    if (m->value[p] != m->data[p])
-      free(m->value[p]);
-    if (m->grad[p] != m->grad_buffer[p])
-      free(m->grad[p]);
-    m->value[p] = m->grad[p] = NULL;
-  }
-}
-
-/* Mixed precision: refresh the f32 copies of 16-bit values, and clear
- * the f32 gradients of this micro-step. */
-static tdm_status load_values(mlp_model *m) {
-  tdm_status st = TDM_SUCCESS;
-  for (int p = 0; p < MLP_PARAMS && st == TDM_SUCCESS; p++) {
-    if (m->value[p] != m->data[p])
-      st = tdm_convert(m->data_dtype[p], m->data[p], TDM_F32, m->value[p],
-                       m->numel[p]);
-    if (m->grad[p] != m->grad_buffer[p])
-      memset(m->grad[p], 0, m->numel[p] * sizeof(float));
-  }
-  return st;
-}
-
-/* Adds this micro-step's f32 gradients of param p into a 16-bit buffer. */
-static tdm_status store_grad(mlp_model *m, int p) {
-  if (m->grad[p] == m->grad_buffer[p])
-    return TDM_SUCCESS; /* accumulated in place */
-  float *sum = malloc(m->numel[p] * sizeof *sum);
-  if (!sum)
+static tdm_status view_open(view *v, void *buffer, tdm_dtype dtype, size_t n,
+                            int load) {
+  *v = (view){buffer, dtype, n, buffer};
+  if (dtype == TDM_F32)
+    return TDM_SUCCESS;
+  if (!(v->f32 = calloc(n, sizeof(float))))
     return TDM_ERR_NO_MEMORY;
-  tdm_status st = tdm_convert(m->grad_dtype[p], m->grad_buffer[p], TDM_F32,
-                              sum, m->numel[p]);
-  for (size_t i = 0; i < m->numel[p]; i++)
-    sum[i] += m->grad[p][i];
-  if (st == TDM_SUCCESS)
-    st = tdm_convert(TDM_F32, sum, m->grad_dtype[p], m->grad_buffer[p],
-                     m->numel[p]);
-  free(sum);
+  return load ? tdm_convert(dtype, buffer, TDM_F32, v->f32, n) : TDM_SUCCESS;
+}
+
+/* Adds a gradient copy into its 16-bit buffer, then frees the copy. */
+static tdm_status view_close(view *v, int store) {
+  tdm_status st = TDM_SUCCESS;
+  if (v->f32 == v->buffer || !v->f32)
+    return st;
+  if (store) {
+    float *sum = malloc(v->n * sizeof *sum);
+    st = sum ? tdm_convert(v->dtype, v->buffer, TDM_F32, sum, v->n)
+             : TDM_ERR_NO_MEMORY;
+    for (size_t i = 0; st == TDM_SUCCESS && i < v->n; i++)
+      sum[i] += v->f32[i];
+    if (st == TDM_SUCCESS)
+      st = tdm_convert(TDM_F32, sum, v->dtype, v->buffer, v->n);
+    free(sum);
+  }
+  free(v->f32);
+  v->f32 = NULL;
   return st;
 }
 
-/* Marks module mod ready once its gradients are in tandem's buffers. */
-static tdm_status module_done(tdm_engine *e, mlp_model *m, int mod, int p0,
-                              int p1) {
-  tdm_status st = store_grad(m, p0);
+/* One layer's weight and bias (values, and gradients in backward). */
+typedef struct {
+  int module, p0;
+  view value[2], grad[2];
+  int with_grad;
+} layer;
+
+static tdm_status open_param(tdm_engine *e, const mlp_model *m, layer *l,
+                             int k) {
+  int p = l->p0 + k;
+  void *data, *grad;
+  tdm_dtype dd, gd;
+  tdm_status st = tdm_param_buffers(e, m->param[p], &data,
+                                    l->with_grad ? &grad : NULL);
   if (st == TDM_SUCCESS)
-    st = store_grad(m, p1);
-  return st == TDM_SUCCESS ? tdm_module_grads_ready(e, m->module[mod]) : st;
+    st = tdm_get_param_dtypes(e, m->param[p], &dd, &gd);
+  if (st == TDM_SUCCESS)
+    st = view_open(&l->value[k], data, dd, numel[p], 1);
+  if (st == TDM_SUCCESS && l->with_grad)
+    st = view_open(&l->grad[k], grad, gd, numel[p], 0);
+  return st;
+}
+
+/* Fetches the layer (ZeRO-3 gathers it) and opens its views. */
+static tdm_status layer_open(tdm_engine *e, const mlp_model *m, int mod,
+                             int with_grad, layer *l) {
+  memset(l, 0, sizeof *l);
+  l->module = m->module[mod];
+  l->p0 = mod == MLP_FC1 ? MLP_W1 : MLP_W2;
+  l->with_grad = with_grad;
+  tdm_status st = tdm_fetch_module(e, l->module);
+  for (int k = 0; k < 2 && st == TDM_SUCCESS; k++)
+    st = open_param(e, m, l, k);
+  return st;
+}
+
+/* Stores the gradients, marks the module ready (backward) and releases
+ * it; the first failure is returned. */
+static tdm_status layer_close(tdm_engine *e, layer *l, tdm_status st) {
+  for (int k = 0; k < 2; k++) {
+    view_close(&l->value[k], 0);
+    tdm_status g = view_close(&l->grad[k], st == TDM_SUCCESS);
+    st = st == TDM_SUCCESS ? g : st;
+  }
+  if (st == TDM_SUCCESS && l->with_grad)
+    st = tdm_module_grads_ready(e, l->module);
+  tdm_status r = tdm_release_module(e, l->module);
+  return st == TDM_SUCCESS ? r : st;
 }
 
 static float target(const float *x) {
@@ -131,56 +148,90 @@ tdm_status mlp_make_data(tdm_context *ctx, uint64_t seed, int n, float *x,
   return st;
 }
 
-/* h = relu(W1 x + b1); out = W2 h + b2 */
-static float forward(const mlp_model *m, const float *x, float *h) {
-  const float *w1 = m->value[MLP_W1], *b1 = m->value[MLP_B1];
-  float out = m->value[MLP_B2][0];
-  for (int j = 0; j < MLP_HIDDEN; j++) {
-    float a = b1[j];
-    for (int k = 0; k < MLP_IN; k++)
-      a += w1[j * MLP_IN + k] * x[k];
-    h[j] = a > 0 ? a : 0;
-    out += m->value[MLP_W2][j] * h[j];
+/* h = relu(W1 x + b1) for n samples */
+static tdm_status forward_fc1(tdm_engine *e, const mlp_model *m,
+                              const float *x, int n, float *h) {
+  layer l;
+  tdm_status st = layer_open(e, m, MLP_FC1, 0, &l);
+  const float *w1 = l.value[0].f32, *b1 = l.value[1].f32;
+  for (int i = 0; i < n && st == TDM_SUCCESS; i++)
+    for (int j = 0; j < MLP_HIDDEN; j++) {
+      float a = b1[j];
+      for (int k = 0; k < MLP_IN; k++)
+        a += w1[j * MLP_IN + k] * x[(size_t)i * MLP_IN + k];
+      h[(size_t)i * MLP_HIDDEN + j] = a > 0 ? a : 0;
+    }
+  return layer_close(e, &l, st);
+}
+
+/* out = W2 h + b2; dout = d(loss)/d(out) * grad_scale; the loss. */
+static tdm_status forward_fc2(tdm_engine *e, const mlp_model *m,
+                              const float *h, const float *y, int n,
+                              double grad_scale, float *dout, double *loss) {
+  layer l;
+  tdm_status st = layer_open(e, m, MLP_FC2, 0, &l);
+  double sum = 0;
+  for (int i = 0; i < n && st == TDM_SUCCESS; i++) {
+    float out = l.value[1].f32[0];
+    for (int j = 0; j < MLP_HIDDEN; j++)
+      out += l.value[0].f32[j] * h[(size_t)i * MLP_HIDDEN + j];
+    float err = out - y[i];
+    sum += (double)err * err;
+    dout[i] = (float)(2.0 * err / n * grad_scale);
   }
-  return out;
+  *loss = sum / n;
+  return layer_close(e, &l, st);
+}
+
+/* fc2's gradients, and dh = dout W2 masked by the ReLU. */
+static tdm_status backward_fc2(tdm_engine *e, const mlp_model *m,
+                               const float *h, const float *dout, int n,
+                               float *dh) {
+  layer l;
+  tdm_status st = layer_open(e, m, MLP_FC2, 1, &l);
+  for (int i = 0; i < n && st == TDM_SUCCESS; i++) {
+    l.grad[1].f32[0] += dout[i];
+    for (int j = 0; j < MLP_HIDDEN; j++) {
+      size_t ij = (size_t)i * MLP_HIDDEN + j;
+      l.grad[0].f32[j] += dout[i] * h[ij];
+      dh[ij] = h[ij] <= 0 ? 0 : dout[i] * l.value[0].f32[j];
+    }
+  }
+  return layer_close(e, &l, st);
+}
+
+static tdm_status backward_fc1(tdm_engine *e, const mlp_model *m,
+                               const float *x, const float *dh, int n) {
+  layer l;
+  tdm_status st = layer_open(e, m, MLP_FC1, 1, &l);
+  for (int i = 0; i < n && st == TDM_SUCCESS; i++)
+    for (int j = 0; j < MLP_HIDDEN; j++) {
+      float d = dh[(size_t)i * MLP_HIDDEN + j];
+      l.grad[1].f32[j] += d;
+      for (int k = 0; k < MLP_IN; k++)
+        l.grad[0].f32[j * MLP_IN + k] += d * x[(size_t)i * MLP_IN + k];
+    }
+  return layer_close(e, &l, st);
 }
 
 tdm_status mlp_forward_backward(tdm_engine *e, mlp_model *m, const float *x,
                                 const float *y, int n, double grad_scale,
                                 double *loss) {
   float *h = malloc(sizeof *h * (size_t)n * MLP_HIDDEN);
+  float *dh = malloc(sizeof *dh * (size_t)n * MLP_HIDDEN);
   float *dout = malloc(sizeof *dout * (size_t)n);
-  if (!h || !dout || load_values(m) != TDM_SUCCESS) {
-    free(h);
-    free(dout);
-    return TDM_ERR_NO_MEMORY;
-  }
-  double sum = 0;
-  for (int i = 0; i < n; i++) {
-    float err = forward(m, &x[(size_t)i * MLP_IN], &h[(size_t)i * MLP_HIDDEN]) - y[i];
-    sum += (double)err * err;
-    dout[i] = (float)(2.0 * err / n * grad_scale);
-  }
-  *loss = sum / n;
-  /* fc2 first: backward runs last layer first. */
-  for (int i = 0; i < n; i++) {
-    m->grad[MLP_B2][0] += dout[i];
-    for (int j = 0; j < MLP_HIDDEN; j++)
-      m->grad[MLP_W2][j] += dout[i] * h[(size_t)i * MLP_HIDDEN + j];
-  }
-  tdm_status st = module_done(e, m, MLP_FC2, MLP_W2, MLP_B2);
-  for (int i = 0; i < n && st == TDM_SUCCESS; i++)
-    for (int j = 0; j < MLP_HIDDEN; j++) {
-      if (h[(size_t)i * MLP_HIDDEN + j] <= 0)
-        continue;
-      float dh = dout[i] * m->value[MLP_W2][j];
-      m->grad[MLP_B1][j] += dh;
-      for (int k = 0; k < MLP_IN; k++)
-        m->grad[MLP_W1][j * MLP_IN + k] += dh * x[(size_t)i * MLP_IN + k];
-    }
+  tdm_status st = h && dh && dout ? TDM_SUCCESS : TDM_ERR_NO_MEMORY;
   if (st == TDM_SUCCESS)
-    st = module_done(e, m, MLP_FC1, MLP_W1, MLP_B1);
+    st = forward_fc1(e, m, x, n, h);
+  if (st == TDM_SUCCESS)
+    st = forward_fc2(e, m, h, y, n, grad_scale, dout, loss);
+  /* Backward, last layer first. */
+  if (st == TDM_SUCCESS)
+    st = backward_fc2(e, m, h, dout, n, dh);
+  if (st == TDM_SUCCESS)
+    st = backward_fc1(e, m, x, dh, n);
   free(h);
+  free(dh);
   free(dout);
   return st;
 }

@@ -1,7 +1,8 @@
 /* model.h - the regression MLP of examples/mlp: Linear(10, 64), ReLU,
  * Linear(64, 1), MSE loss.  The user's own math: forward and backward by
- * hand, gradients added into tandem's buffers, each module marked ready as
- * soon as backward has finished it. */
+ * hand, in f32 (16-bit buffers are converted with tdm_convert), gradients
+ * added into tandem's buffers, each module marked ready as soon as
+ * backward has finished it. */
 #ifndef MLP_MODEL_H
 #define MLP_MODEL_H
 
@@ -16,14 +17,6 @@ enum { MLP_W1, MLP_B1, MLP_W2, MLP_B2, MLP_PARAMS };
 typedef struct {
   int module[MLP_MODULES];
   int param[MLP_PARAMS];
-  size_t numel[MLP_PARAMS];
-  /* The math runs in f32 on these views: tandem's own buffers when they
-   * are f32, else f32 copies (mixed precision: bf16/f16 values, or
-   * gradients in a 16-bit reduce dtype) converted with tdm_convert. */
-  float *value[MLP_PARAMS];
-  float *grad[MLP_PARAMS];
-  void *data[MLP_PARAMS], *grad_buffer[MLP_PARAMS]; /* tandem's buffers */
-  tdm_dtype data_dtype[MLP_PARAMS], grad_dtype[MLP_PARAMS];
 } mlp_model;
 
 /* Registers fc1 and fc2 with PyTorch's default Linear init,
@@ -31,10 +24,6 @@ typedef struct {
  * tdm_prepare makes rank 0's values everyone's. */
 tdm_status mlp_register(tdm_context *ctx, tdm_engine *e, uint64_t seed,
                         mlp_model *m);
-/* After tdm_prepare: the value and gradient pointers (and f32 copies
- * where tandem's buffers are 16-bit).  mlp_unbind frees the copies. */
-tdm_status mlp_bind(tdm_engine *e, mlp_model *m);
-void mlp_unbind(mlp_model *m);
 
 /* n samples: x[n][MLP_IN] ~ N(0, 1) and a smooth nonlinear target y[n]
  * with a little noise; the same on every rank (shared stream). */
@@ -43,7 +32,9 @@ tdm_status mlp_make_data(tdm_context *ctx, uint64_t seed, int n, float *x,
 
 /* Forward and backward over n samples.  Returns the mean squared error;
  * adds grad_scale * d(loss)/d(param) into the gradients, marking fc2 then
- * fc1 ready. */
+ * fc1 ready.  Each layer is fetched before use and released after, and
+ * its buffers are asked for each time, so the same code runs under every
+ * ZeRO stage. */
 tdm_status mlp_forward_backward(tdm_engine *e, mlp_model *m, const float *x,
                                 const float *y, int n, double grad_scale,
                                 double *loss);

@@ -86,6 +86,59 @@ tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                            : tdmi_mpi_error(rc, "MPI_Allreduce (bucket)");
 }
 
+tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
+                                tdm_dtype dtype, MPI_Op op, MPI_Request *req) {
+  TDMI_TRY(check_bucket(chunk, dtype));
+  int rc = MPI_Ireduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
+                                     tdmi_mpi_move_type(dtype), op, comm, req);
+  return rc == MPI_SUCCESS
+             ? TDM_SUCCESS
+             : tdmi_mpi_error(rc, "MPI_Ireduce_scatter_block (bucket)");
+}
+
+tdm_status tdmi_reduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
+                               tdm_dtype dtype, MPI_Op op) {
+  TDMI_TRY(check_bucket(chunk, dtype));
+  int rc = MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
+                                    tdmi_mpi_move_type(dtype), op, comm);
+  return rc == MPI_SUCCESS
+             ? TDM_SUCCESS
+             : tdmi_mpi_error(rc, "MPI_Reduce_scatter_block (bucket)");
+}
+
+static tdm_status check_bytes(size_t bytes) {
+  if (bytes > INT_MAX)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "a shard of %zu bytes exceeds MPI's int count", bytes);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_iallgather_bytes(MPI_Comm comm, const void *send, void *recv,
+                                 size_t bytes, MPI_Request *req) {
+  TDMI_TRY(check_bytes(bytes));
+  int rc = MPI_Iallgather(send ? send : MPI_IN_PLACE, (int)bytes, MPI_BYTE,
+                          recv, (int)bytes, MPI_BYTE, comm, req);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Iallgather (shards)");
+}
+
+tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
+                                size_t bytes) {
+  TDMI_TRY(check_bytes(bytes));
+  int rc = MPI_Allgather(send ? send : MPI_IN_PLACE, (int)bytes, MPI_BYTE,
+                         recv, (int)bytes, MPI_BYTE, comm);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Allgather (shards)");
+}
+
+tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes) {
+  TDMI_TRY(check_bytes(bytes));
+  int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)bytes, MPI_BYTE, MPI_BOR,
+                         comm);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS
+                           : tdmi_mpi_error(rc, "MPI_Allreduce (bitwise or)");
+}
+
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n) {
   int rc = MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, comm);
   return rc == MPI_SUCCESS ? TDM_SUCCESS

@@ -79,6 +79,21 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
  * blocking allreduce is its fastest algorithm. */
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                     MPI_Op op);
+/* Starts an in-place reduce-scatter: buf holds size * chunk elements;
+ * the sum of this rank's chunk lands in buf[0, chunk). */
+tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
+                                tdm_dtype dtype, MPI_Op op, MPI_Request *req);
+tdm_status tdmi_reduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
+                               tdm_dtype dtype, MPI_Op op);
+/* All-gather of bytes per rank into recv (size * bytes): from send, or
+ * in place (send NULL) from recv + rank * bytes. */
+tdm_status tdmi_iallgather_bytes(MPI_Comm comm, const void *send, void *recv,
+                                 size_t bytes, MPI_Request *req);
+tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
+                                size_t bytes);
+/* In-place bitwise OR of bytes over comm: assembles a buffer whose parts
+ * each rank filled, the rest being zero bits. */
+tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes);
 /* In-place sum of n doubles over comm, blocking. */
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n);
 tdm_status tdmi_test(MPI_Request *req, int *done);

@@ -222,7 +222,11 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
                       c->mixed_precision,
                       c->reduce_dtype,
                       c->cpu_threads,
-                      c->cpu_isa};
+                      c->cpu_isa,
+                      c->zero_stage,
+                      c->offload,
+                      c->zero3_prefetch_bytes,
+                      c->zero3_persistence_threshold};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

@@ -50,6 +50,10 @@ typedef struct {
   int reduce_dtype;  /* tdm_dtype: TDM_F32, TDM_BF16 or TDM_F16 */
   int cpu_threads;   /* TDM_UNSET: CPUs of this process / local ranks */
   int cpu_isa;       /* tdm_cpu_isa */
+  int zero_stage;    /* 0..3 */
+  int offload;       /* tdm_offload */
+  int zero3_prefetch_bytes;
+  int zero3_persistence_threshold; /* elements */
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */

@@ -52,6 +52,9 @@ ENUM_NAMES(precision_names, "no, bf16 or fp16", "no", "bf16", "fp16");
 ENUM_NAMES(reduce_names, "f32, bf16 or f16", "f32", NULL, "f16", "bf16");
 ENUM_NAMES(isa_names, "auto, generic, avx2 or avx512", "auto", "generic",
            "avx2", "avx512");
+ENUM_NAMES(stage_names, "0, 1, 2 or 3", "0", "1", "2", "3");
+ENUM_NAMES(offload_names, "none, optimizer or params", "none", "optimizer",
+           "params");
 
 static const setting settings[] = {
     {"log_level", "TANDEM_LOG", KIND_ENUM, offsetof(tdmi_config, log_level),
@@ -85,6 +88,16 @@ static const setting settings[] = {
      offsetof(tdmi_config, cpu_threads), API_FIELD(cpu_threads), NULL},
     {"cpu_isa", "TANDEM_CPU_ISA", KIND_ENUM, offsetof(tdmi_config, cpu_isa),
      API_FIELD(cpu_isa), &isa_names},
+    {"zero_stage", "TANDEM_ZERO_STAGE", KIND_ENUM,
+     offsetof(tdmi_config, zero_stage), API_FIELD(zero_stage), &stage_names},
+    {"offload", "TANDEM_OFFLOAD", KIND_ENUM, offsetof(tdmi_config, offload),
+     API_FIELD(offload), &offload_names},
+    {"zero3_prefetch_bytes", "TANDEM_ZERO3_PREFETCH_BYTES", KIND_INDEX,
+     offsetof(tdmi_config, zero3_prefetch_bytes),
+     API_FIELD(zero3_prefetch_bytes), NULL},
+    {"zero3_persistence_threshold", "TANDEM_ZERO3_PERSISTENCE_THRESHOLD",
+     KIND_INDEX, offsetof(tdmi_config, zero3_persistence_threshold),
+     API_FIELD(zero3_persistence_threshold), NULL},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -288,10 +301,24 @@ static tdm_status pick_config_file(const tdm_options *api, tdmi_config *cfg) {
                           : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
 }
 
+/* Settings valid alone that do not go together. */
+static tdm_status check_combination(const tdmi_config *c) {
+  if (c->offload == TDM_OFFLOAD_OPTIMIZER && c->zero_stage < 1)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "offload=optimizer needs zero_stage 1, 2 or 3 "
+                      "(zero_stage is %d)", c->zero_stage);
+  if (c->offload == TDM_OFFLOAD_PARAMS && c->zero_stage != 3)
+    return tdmi_error(TDM_ERR_CONFIG,
+                      "offload=params needs zero_stage 3 (zero_stage is %d)",
+                      c->zero_stage);
+  return TDM_SUCCESS;
+}
+
 tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
   tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET,
                      25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO,
-                     TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO};
+                     TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO,
+                     0, TDM_OFFLOAD_NONE, 50 << 20, 100000};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);
@@ -301,6 +328,8 @@ tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
     st = apply_env(&cfg);
   if (st == TDM_SUCCESS && api)
     st = apply_api(api, &cfg);
+  if (st == TDM_SUCCESS)
+    st = check_combination(&cfg);
   if (st != TDM_SUCCESS) {
     tdmi_config_free(&cfg);
     return st;

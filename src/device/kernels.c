@@ -133,6 +133,52 @@ void tdmi_kernel_convert(const tdmi_kernels *k, tdm_dtype from, const void *in,
   }
 }
 
+/* Elements [b, e) of dst += src. */
+static void accumulate_range(tdm_dtype dtype, const void *src, void *dst,
+                             size_t b, size_t e) {
+  switch (dtype) {
+  case TDM_F32: {
+    const float *s = src;
+    float *d = dst;
+    for (size_t i = b; i < e; i++)
+      d[i] += s[i];
+    break;
+  }
+  case TDM_F64: {
+    const double *s = src;
+    double *d = dst;
+    for (size_t i = b; i < e; i++)
+      d[i] += s[i];
+    break;
+  }
+  case TDM_BF16: {
+    const uint16_t *s = src;
+    uint16_t *d = dst;
+    for (size_t i = b; i < e; i++)
+      d[i] = tdmi_f32_to_bf16(tdmi_bf16_to_f32(d[i]) + tdmi_bf16_to_f32(s[i]));
+    break;
+  }
+  default: {
+    const uint16_t *s = src;
+    uint16_t *d = dst;
+    for (size_t i = b; i < e; i++)
+      d[i] = tdmi_f32_to_f16(tdmi_f16_to_f32(d[i]) + tdmi_f16_to_f32(s[i]));
+    break;
+  }
+  }
+}
+
+void tdmi_kernel_accumulate(const tdmi_kernels *k, tdm_dtype dtype,
+                            const void *src, void *dst, size_t n) {
+  int nt = threads_for(k, n);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int i = 0; i < nt; i++) {
+    size_t b, e;
+    split(n, i, nt, &b, &e);
+    accumulate_range(dtype, src, dst, b, e);
+  }
+}
+
 static int convertible(tdm_dtype d) {
   return d == TDM_F32 || d == TDM_BF16 || d == TDM_F16;
 }

@@ -70,4 +70,9 @@ double tdmi_kernel_sumsq(const tdmi_kernels *k, const void *grad,
 void tdmi_kernel_convert(const tdmi_kernels *k, tdm_dtype from,
                          const void *in, tdm_dtype to, void *out, size_t n);
 
+/* dst[i] += src[i] over n elements of dtype (f32, f64, bf16, f16); 16-bit
+ * pairs are added in f32 and rounded back, as the bucket sums do. */
+void tdmi_kernel_accumulate(const tdmi_kernels *k, tdm_dtype dtype,
+                            const void *src, void *dst, size_t n);
+
 #endif /* TDM_KERNELS_H */

@@ -12,25 +12,34 @@ static MPI_Op bucket_op(const tdm_engine *e, const tdmi_bucket *b) {
   return b->grad_dtype == e->reduce_dtype ? e->reduce_op : MPI_SUM;
 }
 
+/* A ring allreduce sends 2 (N-1)/N of the buffer. */
+static void count_traffic(tdm_engine *e, const tdmi_bucket *b) {
+  uint64_t n = (uint64_t)e->ctx->size;
+  tdmi_mem_traffic(e, 2 * (uint64_t)b->bytes * (n - 1) / n);
+}
+
 static tdm_status ddp_launch(tdm_engine *e, tdmi_bucket *b) {
+  count_traffic(e, b);
   return tdmi_isum(e->comm, bucket_grad(e, b), b->count, b->grad_dtype,
                    bucket_op(e, b), &b->request);
 }
 
-static tdm_status ddp_test(tdm_engine *e, tdmi_bucket *b, int *done) {
+tdm_status tdmi_bucket_test(tdm_engine *e, tdmi_bucket *b, int *done) {
   (void)e;
   return tdmi_test(&b->request, done);
 }
 
-static tdm_status ddp_wait(tdm_engine *e, tdmi_bucket *b) {
+tdm_status tdmi_bucket_wait(tdm_engine *e, tdmi_bucket *b) {
   (void)e;
   return tdmi_wait(&b->request);
 }
 
 static tdm_status ddp_reduce(tdm_engine *e, tdmi_bucket *b) {
+  count_traffic(e, b);
   return tdmi_sum(e->comm, bucket_grad(e, b), b->count, b->grad_dtype,
                   bucket_op(e, b));
 }
 
-const tdmi_strategy tdmi_strategy_ddp = {"ddp", ddp_launch, ddp_test,
-                                         ddp_wait, ddp_reduce};
+const tdmi_strategy tdmi_strategy_ddp = {"ddp", ddp_launch,
+                                         tdmi_bucket_test, tdmi_bucket_wait,
+                                         ddp_reduce, NULL};

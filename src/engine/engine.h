@@ -38,26 +38,64 @@ typedef struct {
 typedef struct {
   tdm_dtype dtype;  /* of its parameters (the flat buffers' index)      */
   tdm_dtype grad_dtype;
-  size_t first;     /* element index into the flat gradient buffer      */
-  size_t count;     /* elements                                         */
+  size_t first;     /* element index into the flat layout               */
+  size_t count;     /* elements; ZeRO: size * chunk, padding included   */
+  size_t chunk;     /* ZeRO: each rank's share; stage 0: count          */
+  size_t shard_first; /* ZeRO: this rank's chunk in the shard buffers   */
   size_t bytes;     /* count * size of grad_dtype                       */
+  int order_first;  /* its parameters: order[order_first ...]           */
+  int module;       /* stage 3: the module it holds; else -1            */
   int nparams;
   int pending;    /* parameters not yet ready in this micro-step */
   tdm_bucket_state state;
   MPI_Request request;
+  void *staging;  /* ZeRO-2/3: this micro-step's gradients, or NULL */
+  /* ZeRO-3: the module's gathered compute values */
+  void *gathered;       /* NULL when not gathered                       */
+  MPI_Request gather;   /* the gather in flight, or MPI_REQUEST_NULL    */
+  int fetched;          /* between tdm_fetch_module and release         */
+  int prefetched;       /* gathered ahead, not yet fetched              */
+  int persistent;       /* stays gathered                               */
 } tdmi_bucket;
 
-/* One parameter dtype's storage, every buffer in the same element layout:
- * the values (f32 master weights under mixed precision), the compute
- * copy (bf16/f16 under mixed precision, else NULL) and the gradients. */
+/* One parameter dtype's storage, in one element layout.  Which buffers
+ * exist depends on the stage (see layout.c):
+ *   data        full values (param dtype): stage 0; stages 1-2 when they
+ *               are their own master (no compute copy)
+ *   copy        full compute copy (bf16/f16): mixed precision, stages 0-2
+ *   grad        full gradients: stages 0-1
+ *   master      this rank's shard of the values: stages 1-2 with a copy,
+ *               stage 3
+ *   shard_copy  this rank's shard of the compute copy: stage 3 with a copy
+ *   shard_grad  this rank's shard of the gradients: stages 2-3 */
 typedef struct {
-  size_t count;          /* elements, padding included */
+  size_t count;          /* layout elements, padding included */
+  size_t shard_count;    /* ZeRO: this rank's elements        */
+  int copied;            /* mixed precision: a bf16/f16 compute copy */
   void *data;
   void *copy;
-  tdm_dtype copy_dtype;  /* valid when copy is set */
+  tdm_dtype copy_dtype;  /* valid when copied */
   void *grad;
   tdm_dtype grad_dtype;
+  void *master, *shard_copy, *shard_grad;
 } tdmi_flat;
+
+/* The dtype the model computes with. */
+static inline tdm_dtype tdmi_flat_compute_dtype(const tdmi_flat *f,
+                                                tdm_dtype d) {
+  return f->copied ? f->copy_dtype : d;
+}
+
+/* Memory accounting (memory.c); guarded by its own lock, since the
+ * communication thread frees bucket gradients. */
+typedef struct {
+  pthread_mutex_t lock;
+  uint64_t current[TDM_MEM_NUM_CATEGORIES][TDM_MEM_NUM_LOCATIONS];
+  uint64_t peak[TDM_MEM_NUM_CATEGORIES][TDM_MEM_NUM_LOCATIONS];
+  uint64_t total, peak_total;
+  uint64_t gathered, peak_gathered;
+  uint64_t comm_bytes;
+} tdmi_memory;
 
 typedef struct tdmi_strategy {
   const char *name;
@@ -68,9 +106,16 @@ typedef struct tdmi_strategy {
   tdm_status (*wait)(tdm_engine *e, tdmi_bucket *b);
   /* Thread mode: the whole collective, blocking. */
   tdm_status (*reduce)(tdm_engine *e, tdmi_bucket *b);
+  /* After the collective: moves its result where the optimizer reads it
+   * (NULL: nothing to do). */
+  tdm_status (*finish)(tdm_engine *e, tdmi_bucket *b);
 } tdmi_strategy;
 
 extern const tdmi_strategy tdmi_strategy_ddp;
+/* test and wait of every strategy: the bucket's request. */
+tdm_status tdmi_bucket_test(tdm_engine *e, tdmi_bucket *b, int *done);
+tdm_status tdmi_bucket_wait(tdm_engine *e, tdmi_bucket *b);
+extern const tdmi_strategy tdmi_strategy_zero;
 
 struct tdm_engine {
   tdm_context *ctx;
@@ -81,6 +126,7 @@ struct tdm_engine {
 
   tdmi_param *params;
   int nparams, params_cap;
+  int *order;      /* parameter indices in layout order */
   tdmi_module *modules;
   int nmodules, modules_cap;
   tdmi_flat flat[TDM_NUM_DTYPES];
@@ -96,9 +142,18 @@ struct tdm_engine {
   MPI_Op reduce_op;       /* sums reduce_dtype */
   tdmi_kernels kernels;   /* CPU kernels of this engine and its optimizer */
   double loss_scale;      /* fp16 dynamic scale, set by the optimizer */
+  int stage;              /* ZeRO stage 0..3 */
+  tdm_offload offload;
+  size_t prefetch_bytes;  /* ZeRO-3 */
+  size_t persist_numel;   /* ZeRO-3 */
+  MPI_Comm gather_comm;   /* ZeRO-3: gathers, apart from the buckets'
+                             reductions, so each has one order        */
+  int last_fetch, fetch_dir; /* ZeRO-3: the prefetch follows fetches  */
+  tdmi_memory mem;
 
   /* the micro-step */
   int in_backward;
+  int boundary;      /* the micro-step in progress ends the cycle */
   int syncing;       /* the micro-step in progress reduces */
   int micro;         /* index in the accumulation cycle */
   int force_sync;    /* tdm_sync_now was called */
@@ -121,6 +176,38 @@ struct tdm_engine {
 tdm_status tdmi_engine_check(const tdm_engine *e, const char *fn);
 /* TDM_ERR_INVALID_USAGE unless tdm_prepare succeeded. */
 tdm_status tdmi_engine_check_prepared(const tdm_engine *e, const char *fn);
+
+/* Storage (layout.c): the layout order, buckets and shards, the
+ * buffers of the stage, and rank 0's initial values everywhere. */
+tdm_status tdmi_layout_build(tdm_engine *e);
+tdm_status tdmi_layout_load_initial(tdm_engine *e);
+void tdmi_layout_free(tdm_engine *e);
+
+/* Memory (memory.c): zeroed, cache-line aligned buffers of count
+ * elements of dtype, counted in category. */
+void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
+                        size_t count, tdm_dtype dtype);
+void tdmi_engine_free(tdm_engine *e, tdm_memory_category category, void *p,
+                      size_t count, tdm_dtype dtype);
+void tdmi_mem_init(tdmi_memory *m);
+void tdmi_mem_destroy(tdmi_memory *m);
+/* ZeRO-3 gathered bytes (delta may be negative) and collective traffic. */
+void tdmi_mem_gathered(tdm_engine *e, int64_t delta);
+void tdmi_mem_traffic(tdm_engine *e, uint64_t bytes);
+
+/* ZeRO-3 (fetch.c): the gathered module buffers. */
+tdm_status tdmi_fetch_regather(tdm_engine *e); /* after an update */
+void tdmi_fetch_free(tdm_engine *e);
+/* The parameter's compute values and gradient for tdm_param_buffers. */
+tdm_status tdmi_param_data(tdm_engine *e, int param, void **data);
+tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad);
+
+/* ZeRO-2/3 (zero.c): the micro-step's gradients of bucket b, allocated
+ * zeroed on first use; what names the caller in the error. */
+tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
+                               const char *what);
+/* ZeRO (zero.c): after an update, every rank's chunks to all. */
+tdm_status tdmi_zero_gather_params(tdm_engine *e);
 
 /* Buckets (stream.c). */
 tdm_status tdmi_stream_start(tdm_engine *e); /* thread mode: the thread */
@@ -150,9 +237,10 @@ tdm_status tdmi_engine_sum_partials(tdm_engine *e, double *values, int n);
 /* Whether the optimizer steps now: 1 at the end of an accumulation cycle,
  * 0 otherwise, an error inside backward. */
 tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step);
-/* Ends the cycle's step: zeroes the gradients unless the update already
- * did (grads_zeroed). */
-void tdmi_engine_step_end(tdm_engine *e, int grads_zeroed);
+/* Ends the cycle's step: zeroes the gradients the update did not, and
+ * after an update (updated) gives every rank the new values.
+ * Collective. */
+tdm_status tdmi_engine_step_end(tdm_engine *e, int updated);
 /* The fp16 loss scale tdm_loss_scale multiplies in. */
 void tdmi_engine_set_loss_scale(tdm_engine *e, double scale);
 

@@ -73,6 +73,16 @@ static tdm_engine *engine_new(tdm_context *ctx) {
   e->bucket_cap = (size_t)c->bucket_cap_bytes;
   e->first_bucket_cap = (size_t)c->first_bucket_bytes;
   e->accumulation_steps = c->gradient_accumulation_steps;
+  e->stage = c->zero_stage;
+  e->offload = (tdm_offload)c->offload;
+  e->prefetch_bytes = (size_t)c->zero3_prefetch_bytes;
+  e->persist_numel = (size_t)c->zero3_persistence_threshold;
+  e->gather_comm = MPI_COMM_NULL;
+  e->last_fetch = -1;
+  e->fetch_dir = 1;
+  if (e->stage > 0)
+    e->strategy = &tdmi_strategy_zero;
+  tdmi_mem_init(&e->mem);
   pthread_mutex_init(&e->lock, NULL);
   pthread_cond_init(&e->cond, NULL);
   return e;
@@ -80,7 +90,10 @@ static tdm_engine *engine_new(tdm_context *ctx) {
 
 static void engine_free(tdm_engine *e) {
   tdmi_handle_unregister(e, TDMI_HANDLE_ENGINE);
+  tdmi_fetch_free(e);
+  tdmi_layout_free(e);
   tdmi_comm_free(&e->comm);
+  tdmi_comm_free(&e->gather_comm);
   tdmi_sum_op_free(&e->reduce_op);
   for (int i = 0; i < e->nparams; i++) {
     free(e->params[i].name);
@@ -90,14 +103,9 @@ static void engine_free(tdm_engine *e) {
     free(e->modules[i].name);
     free(e->modules[i].params);
   }
-  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    free(e->flat[d].data);
-    free(e->flat[d].copy);
-    free(e->flat[d].grad);
-  }
   free(e->params);
   free(e->modules);
-  free(e->buckets);
+  tdmi_mem_destroy(&e->mem);
   pthread_mutex_destroy(&e->lock);
   pthread_cond_destroy(&e->cond);
   free(e);
@@ -116,6 +124,10 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
     st = pick_precision(e);
   if (st == TDM_SUCCESS)
     st = tdmi_comm_dup(ctx->comm, &e->comm);
+  /* On every rank whatever its stage: a collective call, and ranks that
+   * disagree on the stage must reach tdm_prepare's check. */
+  if (st == TDM_SUCCESS)
+    st = tdmi_comm_dup(ctx->comm, &e->gather_comm);
   if (st == TDM_SUCCESS)
     st = tdmi_handle_register(e, TDMI_HANDLE_ENGINE);
   st = tdmi_agree(ctx->comm, st, "tdm_engine_create");
@@ -125,9 +137,9 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
     return st;
   }
   tdmi_log(ctx, TDM_LOG_INFO,
-           "engine: created; strategy %s, progress %s, buckets %zu B (first "
-           "%zu B), accumulation %d, precision %s, reduce %s, kernels %s x %d",
-           e->strategy->name, e->mode == TDM_PROGRESS_THREAD ? "thread" : "poll",
+           "engine: created; zero stage %d, offload %d, progress %s, buckets "
+           "%zu B (first %zu B), accumulation %d, precision %s, reduce %s, "
+           "kernels %s x %d", e->stage, (int)e->offload, e->mode == TDM_PROGRESS_THREAD ? "thread" : "poll",
            e->bucket_cap, e->first_bucket_cap, e->accumulation_steps,
            e->precision == TDM_PRECISION_BF16   ? "bf16"
            : e->precision == TDM_PRECISION_FP16 ? "fp16"
@@ -285,9 +297,11 @@ static char *describe_registration(const tdm_engine *e, size_t *len) {
   /* Settings that shape the buckets and their collectives come first. */
   size_t n = (size_t)snprintf(
       text, cap, "settings: precision %d, reduce dtype %s, buckets %zu/%zu B, "
-      "accumulation %d\n", (int)e->precision,
+      "accumulation %d, zero stage %d, offload %d, prefetch %zu B, "
+      "persistence %zu\n", (int)e->precision,
       tdmi_dtype_name(e->reduce_dtype), e->first_bucket_cap, e->bucket_cap,
-      e->accumulation_steps);
+      e->accumulation_steps, e->stage, (int)e->offload, e->prefetch_bytes,
+      e->persist_numel);
   for (int i = 0; i < e->nmodules; i++)
     n += (size_t)snprintf(text + n, cap - n, "module %d '%s'\n", i,
                           e->modules[i].name);
@@ -353,99 +367,6 @@ static tdm_status check_registration(tdm_engine *e) {
   return st;
 }
 
-static size_t align_up(size_t n) {
-  return (n + TDMI_ALIGN_ELEMS - 1) / TDMI_ALIGN_ELEMS * TDMI_ALIGN_ELEMS;
-}
-
-/* The dtypes of an f32 parameter's compute copy and gradient. */
-static tdm_dtype copy_dtype(const tdm_engine *e) {
-  return e->precision == TDM_PRECISION_BF16 ? TDM_BF16 : TDM_F16;
-}
-
-/* Reverse registration order: gradients arrive last layer first. */
-static void lay_out(tdm_engine *e) {
-  for (int i = e->nparams - 1; i >= 0; i--) {
-    tdmi_param *p = &e->params[i];
-    tdmi_flat *f = &e->flat[p->dtype];
-    p->first = align_up(f->count);
-    f->count = p->first + p->numel;
-  }
-  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    tdmi_flat *f = &e->flat[d];
-    f->count = align_up(f->count);
-    f->grad_dtype = d == TDM_F32 ? e->reduce_dtype : (tdm_dtype)d;
-    f->copy_dtype = copy_dtype(e);
-  }
-}
-
-/* Walks parameters in reverse order; a bucket closes when the next
- * parameter has another dtype or would exceed the cap. */
-static int assign_buckets(tdm_engine *e, tdmi_bucket *out) {
-  int nb = 0;
-  for (int i = e->nparams - 1; i >= 0; i--) {
-    tdmi_param *p = &e->params[i];
-    tdm_dtype gd = e->flat[p->dtype].grad_dtype;
-    size_t end = p->first + p->numel;
-    tdmi_bucket *b = nb ? &out[nb - 1] : NULL;
-    size_t cap = nb <= 1 ? e->first_bucket_cap : e->bucket_cap;
-    if (!b || b->dtype != p->dtype ||
-        (end - b->first) * tdmi_dtype_size(gd) > cap) {
-      b = &out[nb++];
-      memset(b, 0, sizeof *b);
-      b->dtype = p->dtype;
-      b->grad_dtype = gd;
-      b->first = p->first;
-      b->request = MPI_REQUEST_NULL;
-    }
-    b->count = end - b->first;
-    b->bytes = b->count * tdmi_dtype_size(gd);
-    b->nparams++;
-    p->bucket = nb - 1;
-  }
-  return nb;
-}
-
-static void *zeroed(size_t count, tdm_dtype dtype) {
-  size_t bytes = count * tdmi_dtype_size(dtype);
-  void *p = aligned_alloc(TDMI_ALIGN, bytes);
-  if (p)
-    memset(p, 0, bytes);
-  return p;
-}
-
-static tdm_status allocate_flat(tdm_engine *e, tdm_dtype d) {
-  tdmi_flat *f = &e->flat[d];
-  int copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
-  f->data = zeroed(f->count, d);
-  f->grad = zeroed(f->count, f->grad_dtype);
-  f->copy = copied ? zeroed(f->count, f->copy_dtype) : NULL;
-  if (!f->data || !f->grad || (copied && !f->copy))
-    return tdmi_error(TDM_ERR_NO_MEMORY,
-                      "tdm_prepare: out of memory for %zu %s parameters",
-                      f->count, tdmi_dtype_name(d));
-  return TDM_SUCCESS;
-}
-
-static tdm_status allocate(tdm_engine *e) {
-  for (int d = 0; d < TDM_NUM_DTYPES; d++)
-    if (e->flat[d].count)
-      TDMI_TRY(allocate_flat(e, (tdm_dtype)d));
-  for (int i = 0; i < e->nparams; i++) {
-    tdmi_param *p = &e->params[i];
-    if (p->initial)
-      memcpy((char *)e->flat[p->dtype].data +
-                 p->first * tdmi_dtype_size(p->dtype),
-             p->initial, p->numel * tdmi_dtype_size(p->dtype));
-    free(p->initial);
-    p->initial = NULL;
-  }
-  e->buckets = malloc(sizeof *e->buckets * (size_t)(e->nparams ? e->nparams : 1));
-  if (!e->buckets)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
-  e->nbuckets = assign_buckets(e, e->buckets);
-  return TDM_SUCCESS;
-}
-
 static void log_layout(const tdm_engine *e) {
   for (int b = 0; b < e->nbuckets; b++)
     tdmi_log(e->ctx, TDM_LOG_DEBUG, "engine: bucket %d: %s, %zu bytes, %d "
@@ -462,19 +383,11 @@ tdm_status tdm_prepare(tdm_engine *e) {
   if (st == TDM_SUCCESS && e->nparams == 0)
     st = tdmi_error(TDM_ERR_INVALID_USAGE, "%s: no parameters are registered",
                     fn);
-  if (st == TDM_SUCCESS) {
-    lay_out(e);
-    st = allocate(e);
-  }
+  if (st == TDM_SUCCESS)
+    st = tdmi_layout_build(e);
   st = tdmi_agree(e->comm, st, fn);
-  for (int d = 0; d < TDM_NUM_DTYPES && st == TDM_SUCCESS; d++) {
-    tdmi_flat *f = &e->flat[d];
-    if (f->count)
-      st = tdmi_bcast_bytes(e->comm, f->data, f->count * tdmi_dtype_size(d), 0);
-    if (st == TDM_SUCCESS && f->copy)
-      tdmi_kernel_convert(&e->kernels, TDM_F32, f->data, f->copy_dtype,
-                          f->copy, f->count);
-  }
+  if (st == TDM_SUCCESS)
+    st = tdmi_layout_load_initial(e);
   if (st == TDM_SUCCESS)
     st = tdmi_stream_start(e);
   st = tdmi_agree(e->comm, st, fn);
@@ -501,13 +414,10 @@ tdm_status tdm_param_buffers(tdm_engine *e, int param, void **data,
   const char *fn = "tdm_param_buffers";
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
   TDMI_TRY(check_param_index(e, fn, param));
-  const tdmi_param *p = &e->params[param];
-  const tdmi_flat *f = &e->flat[p->dtype];
   if (data)
-    *data = f->copy ? (char *)f->copy + p->first * tdmi_dtype_size(f->copy_dtype)
-                    : (char *)f->data + p->first * tdmi_dtype_size(p->dtype);
+    TDMI_TRY(tdmi_param_data(e, param, data));
   if (grad)
-    *grad = (char *)f->grad + p->first * tdmi_dtype_size(f->grad_dtype);
+    TDMI_TRY(tdmi_param_grad(e, param, grad));
   return TDM_SUCCESS;
 }
 
@@ -519,7 +429,9 @@ tdm_status tdm_get_param_dtypes(const tdm_engine *e, int param,
   tdm_dtype d = e->params[param].dtype;
   int copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
   if (data_dtype)
-    *data_dtype = copied ? copy_dtype(e) : d;
+    *data_dtype = !copied                              ? d
+                  : e->precision == TDM_PRECISION_BF16 ? TDM_BF16
+                                                       : TDM_F16;
   if (grad_dtype)
     *grad_dtype = d == TDM_F32 ? e->reduce_dtype : d;
   return TDM_SUCCESS;
@@ -564,14 +476,38 @@ tdm_status tdm_get_progress_mode(const tdm_engine *e, tdm_progress_mode *mode) {
 
 /* ---- the optimizer's view ---- */
 
+/* Stage 0: one span per dtype, the whole flat buffers.  ZeRO: one span
+ * per bucket, this rank's chunk. */
 int tdmi_engine_span_count(const tdm_engine *e) {
+  if (e->stage > 0)
+    return e->nbuckets;
   int n = 0;
   for (int d = 0; d < TDM_NUM_DTYPES; d++)
     n += e->flat[d].count > 0;
   return n;
 }
 
+static void *at(void *base, size_t i, tdm_dtype dtype) {
+  return base ? (char *)base + i * tdmi_dtype_size(dtype) : NULL;
+}
+
+static tdmi_span shard_span(const tdm_engine *e, const tdmi_bucket *b) {
+  const tdmi_flat *f = &e->flat[b->dtype];
+  size_t off = b->first + (size_t)e->ctx->rank * b->chunk;
+  tdm_dtype d = b->dtype, cd = f->copy_dtype, gd = b->grad_dtype;
+  tdmi_span s = {d, NULL, NULL, gd, NULL, cd, off, b->chunk};
+  s.data = f->master ? at(f->master, b->shard_first, d) : at(f->data, off, d);
+  s.grad = f->shard_grad ? at(f->shard_grad, b->shard_first, gd)
+                         : at(f->grad, off, gd);
+  if (f->copied)
+    s.copy = f->shard_copy ? at(f->shard_copy, b->shard_first, cd)
+                           : at(f->copy, off, cd);
+  return s;
+}
+
 tdmi_span tdmi_engine_span(const tdm_engine *e, int i) {
+  if (e->stage > 0)
+    return shard_span(e, &e->buckets[i]);
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     const tdmi_flat *f = &e->flat[d];
     if (f->count == 0 || i-- > 0)
@@ -590,6 +526,7 @@ void tdmi_engine_param_range(const tdm_engine *e, int i, tdm_dtype *dtype,
 }
 
 tdm_status tdmi_engine_sum_partials(tdm_engine *e, double *values, int n) {
-  (void)e, (void)values, (void)n; /* DDP: every rank holds every value */
-  return TDM_SUCCESS;
+  if (e->stage == 0) /* DDP: every rank holds every value */
+    return TDM_SUCCESS;
+  return tdmi_sum_doubles(e->comm, values, n);
 }

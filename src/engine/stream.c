@@ -27,6 +27,13 @@ static void note_comm_failure(tdm_engine *e, tdm_status st) {
   snprintf(e->comm_msg, sizeof e->comm_msg, "%s", tdm_last_error());
 }
 
+/* The collective's result goes where the optimizer reads it. */
+static tdm_status complete(tdm_engine *e, int b, tdm_status st) {
+  if (st == TDM_SUCCESS && e->strategy->finish)
+    st = e->strategy->finish(e, &e->buckets[b]);
+  return st;
+}
+
 static void finish_bucket(tdm_engine *e, int b, tdm_status st) {
   note_comm_failure(e, st);
   set_state(e, b, TDM_BUCKET_REDUCED);
@@ -63,14 +70,14 @@ static void poll_in_flight(tdm_engine *e) {
   int done = 0;
   tdm_status st = e->strategy->test(e, &e->buckets[b], &done);
   if (done || st != TDM_SUCCESS)
-    finish_bucket(e, b, st);
+    finish_bucket(e, b, complete(e, b, st));
 }
 
 /* Waits for every bucket in flight, in launch order.  Lock held. */
 static void wait_launched(tdm_engine *e) {
   for (int b = 0; b < e->next_launch; b++)
     if (e->buckets[b].state == TDM_BUCKET_IN_FLIGHT)
-      finish_bucket(e, b, e->strategy->wait(e, &e->buckets[b]));
+      finish_bucket(e, b, complete(e, b, e->strategy->wait(e, &e->buckets[b])));
 }
 
 static void advance(tdm_engine *e) {
@@ -92,7 +99,7 @@ static void *comm_thread(void *arg) {
     int b = e->next_launch++;
     set_state(e, b, TDM_BUCKET_IN_FLIGHT);
     pthread_mutex_unlock(&e->lock);
-    tdm_status st = e->strategy->reduce(e, &e->buckets[b]);
+    tdm_status st = complete(e, b, e->strategy->reduce(e, &e->buckets[b]));
     pthread_mutex_lock(&e->lock);
     finish_bucket(e, b, st);
     pthread_cond_broadcast(&e->cond);
@@ -169,7 +176,8 @@ tdm_status tdm_backward_begin(tdm_engine *e) {
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: the micro-step in progress has not ended (call "
                       "tdm_backward_end first)", fn);
-  e->syncing = next_syncs(e);
+  e->boundary = next_syncs(e);
+  e->syncing = e->boundary || e->stage >= 2; /* ZeRO-2/3: every micro-step */
   e->force_sync = 0;
   e->at_boundary = 0;
   e->sticky = TDM_SUCCESS;
@@ -177,9 +185,14 @@ tdm_status tdm_backward_begin(tdm_engine *e) {
     e->params[i].ready = 0;
   pthread_mutex_lock(&e->lock);
   for (int b = 0; b < e->nbuckets; b++) {
-    if (e->buckets[b].state != TDM_BUCKET_IDLE)
+    tdmi_bucket *bk = &e->buckets[b];
+    if (bk->state != TDM_BUCKET_IDLE)
       set_state(e, b, TDM_BUCKET_IDLE);
-    e->buckets[b].pending = e->buckets[b].nparams;
+    bk->pending = bk->nparams;
+    /* Left by a failed reduction: each micro-step starts from zero. */
+    tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, bk->staging, bk->count,
+                     bk->grad_dtype);
+    bk->staging = NULL;
   }
   e->next_launch = e->nreduced = 0;
   e->comm_status = TDM_SUCCESS;
@@ -284,7 +297,7 @@ static tdm_status mark_unused(tdm_engine *e) {
 }
 
 static void end_cycle(tdm_engine *e) {
-  if (e->syncing) {
+  if (e->boundary) {
     e->micro = 0;
     e->at_boundary = 1;
   } else {
@@ -324,7 +337,7 @@ tdm_status tdm_loss_scale(const tdm_engine *e, double *scale) {
 tdm_status tdm_is_sync_step(const tdm_engine *e, int *yes) {
   TDMI_TRY(tdmi_engine_check(e, "tdm_is_sync_step"));
   TDMI_TRY(tdmi_check_ptr("tdm_is_sync_step", yes, "yes"));
-  *yes = e->in_backward ? e->syncing : next_syncs(e);
+  *yes = e->in_backward ? e->boundary : next_syncs(e);
   return TDM_SUCCESS;
 }
 
@@ -371,12 +384,28 @@ tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
   return TDM_SUCCESS;
 }
 
-void tdmi_engine_step_end(tdm_engine *e, int grads_zeroed) {
-  for (int d = 0; d < TDM_NUM_DTYPES && !grads_zeroed; d++)
-    if (e->flat[d].count)
-      memset(e->flat[d].grad, 0,
-             e->flat[d].count * tdmi_dtype_size(e->flat[d].grad_dtype));
+/* The gradients kept across micro-steps: full (stages 0-1) or this
+ * rank's shard (2-3).  The update zeroes what it reads; stage 1 keeps the
+ * other ranks' chunks too. */
+static void zero_grads(tdm_engine *e, int updated) {
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    tdmi_flat *f = &e->flat[d];
+    size_t gsize = tdmi_dtype_size(f->grad_dtype);
+    if (f->grad && (!updated || e->stage == 1))
+      memset(f->grad, 0, f->count * gsize);
+    if (f->shard_grad && !updated)
+      memset(f->shard_grad, 0, f->shard_count * gsize);
+  }
+}
+
+tdm_status tdmi_engine_step_end(tdm_engine *e, int updated) {
+  zero_grads(e, updated);
   e->at_boundary = 0;
+  if (!updated || e->stage == 0)
+    return TDM_SUCCESS;
+  tdm_status st = e->stage == 3 ? tdmi_fetch_regather(e)
+                                : tdmi_zero_gather_params(e);
+  return tdmi_agree(e->comm, st, "tdm_step (gathering updated parameters)");
 }
 
 void tdmi_engine_set_loss_scale(tdm_engine *e, double scale) {

@@ -118,11 +118,21 @@ tdm_status tdmi_optim_check_boundary(tdm_optimizer *opt, const char *fn) {
   return TDM_SUCCESS;
 }
 
+/* The state lives in the engine's accounting while the engine does; an
+ * optimizer may outlive its engine. */
+static void free_state(tdm_optimizer *opt, void *state, const tdmi_span *s) {
+  if (tdmi_handle_live(opt->engine, TDMI_HANDLE_ENGINE))
+    tdmi_engine_free(opt->engine, TDM_MEM_OPTIMIZER_STATE, state, s->count,
+                     s->dtype);
+  else
+    free(state);
+}
+
 static void optimizer_free(tdm_optimizer *opt) {
   tdmi_handle_unregister(opt, TDMI_HANDLE_OPTIMIZER);
   for (int i = 0; opt->spans && i < opt->nspans; i++) {
-    free(opt->spans[i].state0);
-    free(opt->spans[i].state1);
+    free_state(opt, opt->spans[i].state0, &opt->spans[i].span);
+    free_state(opt, opt->spans[i].state1, &opt->spans[i].span);
     free(opt->spans[i].segments);
   }
   free(opt->spans);
@@ -131,20 +141,18 @@ static void optimizer_free(tdm_optimizer *opt) {
   free(opt);
 }
 
-/* Zeroed state of n elements on cache lines (as the values it goes
- * with: a vector load then never spans two lines), or NULL when the kind
- * does not use it. */
-static tdm_status state_array(int used, size_t n, tdm_dtype dtype,
+/* Zeroed state for span s, on cache lines like the values it goes with
+ * (a vector load never spans two lines), or NULL when the kind does not
+ * use it. */
+static tdm_status state_array(tdm_optimizer *opt, int used, const tdmi_span *s,
                               void **out) {
-  size_t bytes = (n * tdmi_dtype_size(dtype) + TDMI_ALIGN - 1) / TDMI_ALIGN *
-                 TDMI_ALIGN;
-  *out = used ? aligned_alloc(TDMI_ALIGN, bytes ? bytes : TDMI_ALIGN) : NULL;
-  if (*out)
-    memset(*out, 0, bytes);
+  *out = used ? tdmi_engine_alloc(opt->engine, TDM_MEM_OPTIMIZER_STATE,
+                                  s->count, s->dtype)
+              : NULL;
   if (used && !*out)
     return tdmi_error(TDM_ERR_NO_MEMORY,
                       "tdm_optimizer_create: out of memory for %zu elements "
-                      "of optimizer state", n);
+                      "of optimizer state", s->count);
   return TDM_SUCCESS;
 }
 
@@ -164,8 +172,8 @@ static tdm_status allocate_state(tdm_optimizer *opt) {
   for (int i = 0; i < opt->nspans; i++) {
     tdmi_opt_span *s = &opt->spans[i];
     s->span = tdmi_engine_span(opt->engine, i);
-    TDMI_TRY(state_array(uses0, s->span.count, s->span.dtype, &s->state0));
-    TDMI_TRY(state_array(uses1, s->span.count, s->span.dtype, &s->state1));
+    TDMI_TRY(state_array(opt, uses0, &s->span, &s->state0));
+    TDMI_TRY(state_array(opt, uses1, &s->span, &s->state1));
   }
   return TDM_SUCCESS;
 }
@@ -299,10 +307,9 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
   if (opt->scaling)
     update_scale(opt, nonfinite);
   tdmi_optim_clip_reset(opt);
-  tdmi_engine_step_end(opt->engine, !nonfinite);
   if (stepped)
     *stepped = !nonfinite;
-  return TDM_SUCCESS;
+  return tdmi_engine_step_end(opt->engine, !nonfinite);
 }
 
 tdm_status tdm_get_optimizer_info(const tdm_optimizer *opt,

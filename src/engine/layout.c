@@ -1,0 +1,265 @@
+/* layout.c - where every element lives.  Parameters are laid out in the
+ * order gradients arrive (reverse registration; ZeRO-3: module by module,
+ * last module first), every tensor on a 32-element boundary, and cut into
+ * buckets.  Under ZeRO each bucket is padded to world-size equal chunks,
+ * so its gradients are reduce-scattered as they are and rank r owns chunk
+ * r of every bucket; a rank's chunks, bucket after bucket, form its shard
+ * buffers.  Then the buffers of the stage are allocated and filled with
+ * rank 0's initial values, one bucket at a time. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+static size_t align_up(size_t n) {
+  return (n + TDMI_ALIGN_ELEMS - 1) / TDMI_ALIGN_ELEMS * TDMI_ALIGN_ELEMS;
+}
+
+/* Stages 0-2: reverse registration.  Stage 3: whole modules, last first,
+ * each module's parameters in reverse registration order. */
+static void fill_order(tdm_engine *e) {
+  int n = 0;
+  if (e->stage < 3) {
+    for (int i = e->nparams - 1; i >= 0; i--)
+      e->order[n++] = i;
+    return;
+  }
+  for (int m = e->nmodules - 1; m >= 0; m--)
+    for (int j = e->modules[m].nparams - 1; j >= 0; j--)
+      e->order[n++] = e->modules[m].params[j];
+}
+
+/* Whether parameter p cannot join bucket b. */
+static int closes(const tdm_engine *e, const tdmi_bucket *b, int nb,
+                  const tdmi_param *p) {
+  if (!b || b->dtype != p->dtype)
+    return 1;
+  if (e->stage == 3)
+    return b->module != p->module;
+  const tdmi_flat *f = &e->flat[p->dtype];
+  size_t end = align_up(f->count) + p->numel;
+  size_t cap = nb <= 1 ? e->first_bucket_cap : e->bucket_cap;
+  return (end - b->first) * tdmi_dtype_size(f->grad_dtype) > cap;
+}
+
+/* ZeRO: pads bucket b to size equal chunks of whole cache lines and
+ * places this rank's chunk in the shard buffers. */
+static void seal(tdm_engine *e, tdmi_bucket *b) {
+  tdmi_flat *f = &e->flat[b->dtype];
+  size_t n = (size_t)e->ctx->size;
+  if (e->stage > 0) {
+    b->chunk = align_up((b->count + n - 1) / n);
+    b->count = b->chunk * n;
+    f->count = b->first + b->count;
+    b->shard_first = f->shard_count;
+    f->shard_count += b->chunk;
+  } else {
+    b->chunk = b->count;
+  }
+  b->bytes = b->count * tdmi_dtype_size(b->grad_dtype);
+}
+
+static void set_dtypes(tdm_engine *e) {
+  tdm_dtype copy = e->precision == TDM_PRECISION_BF16 ? TDM_BF16 : TDM_F16;
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    tdmi_flat *f = &e->flat[d];
+    f->grad_dtype = d == TDM_F32 ? e->reduce_dtype : (tdm_dtype)d;
+    f->copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
+    f->copy_dtype = copy;
+  }
+}
+
+/* Element offsets of every parameter and the buckets, walking the layout
+ * order; a bucket closes at a dtype change, at the cap (stages 0-2) or at
+ * a module change (stage 3). */
+static int assign(tdm_engine *e) {
+  int nb = 0;
+  tdmi_bucket *b = NULL;
+  for (int k = 0; k < e->nparams; k++) {
+    tdmi_param *p = &e->params[e->order[k]];
+    tdmi_flat *f = &e->flat[p->dtype];
+    if (closes(e, b, nb, p)) {
+      if (b)
+        seal(e, b);
+      b = &e->buckets[nb++];
+      memset(b, 0, sizeof *b);
+      b->dtype = p->dtype;
+      b->grad_dtype = f->grad_dtype;
+      b->first = align_up(f->count);
+      b->order_first = k;
+      b->module = e->stage == 3 ? p->module : -1;
+      b->request = b->gather = MPI_REQUEST_NULL;
+    }
+    p->first = align_up(f->count);
+    f->count = p->first + p->numel;
+    b->count = f->count - b->first;
+    b->nparams++;
+    p->bucket = nb - 1;
+  }
+  if (b)
+    seal(e, b);
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    e->flat[d].count = align_up(e->flat[d].count);
+  return nb;
+}
+
+static int buffer_failed(void *p, size_t count) { return count && !p; }
+
+/* The buffers of the stage (see tdmi_flat). */
+static tdm_status allocate_flat(tdm_engine *e, tdm_dtype d) {
+  tdmi_flat *f = &e->flat[d];
+  int s = e->stage;
+  tdm_memory_category values =
+      f->copied ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS;
+  size_t full = f->count, shard = f->shard_count;
+  if (s == 0 || (s <= 2 && !f->copied))
+    f->data = tdmi_engine_alloc(e, values, full, d);
+  if (f->copied && s <= 2)
+    f->copy = tdmi_engine_alloc(e, TDM_MEM_PARAMS, full, f->copy_dtype);
+  if (s <= 1)
+    f->grad = tdmi_engine_alloc(e, TDM_MEM_GRADS, full, f->grad_dtype);
+  if ((s >= 1 && s <= 2 && f->copied) || s == 3)
+    f->master = tdmi_engine_alloc(e, values, shard, d);
+  if (s == 3 && f->copied)
+    f->shard_copy = tdmi_engine_alloc(e, TDM_MEM_PARAMS, shard, f->copy_dtype);
+  if (s >= 2)
+    f->shard_grad = tdmi_engine_alloc(e, TDM_MEM_GRADS, shard, f->grad_dtype);
+  int failed = (s == 0 || (s <= 2 && !f->copied)) && buffer_failed(f->data, full);
+  failed |= f->copied && s <= 2 && buffer_failed(f->copy, full);
+  failed |= s <= 1 && buffer_failed(f->grad, full);
+  failed |= ((s >= 1 && s <= 2 && f->copied) || s == 3) &&
+            buffer_failed(f->master, shard);
+  failed |= s == 3 && f->copied && buffer_failed(f->shard_copy, shard);
+  failed |= s >= 2 && buffer_failed(f->shard_grad, shard);
+  if (failed)
+    return tdmi_error(TDM_ERR_NO_MEMORY,
+                      "tdm_prepare: out of memory for %zu %s parameters "
+                      "(zero stage %d)", full, tdmi_dtype_name(d), s);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_layout_build(tdm_engine *e) {
+  size_t n = (size_t)(e->nparams ? e->nparams : 1);
+  e->order = malloc(sizeof *e->order * n);
+  e->buckets = malloc(sizeof *e->buckets * n);
+  if (!e->order || !e->buckets)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  set_dtypes(e);
+  fill_order(e);
+  e->nbuckets = assign(e);
+  for (int d = 0; d < TDM_NUM_DTYPES; d++)
+    if (e->flat[d].count)
+      TDMI_TRY(allocate_flat(e, (tdm_dtype)d));
+  return TDM_SUCCESS;
+}
+
+static size_t module_numel(const tdm_engine *e, int m) {
+  size_t n = 0;
+  for (int j = 0; j < e->modules[m].nparams; j++)
+    n += e->params[e->modules[m].params[j]].numel;
+  return n;
+}
+
+/* ZeRO-3: a small module's bucket stays gathered, from these values. */
+static tdm_status keep_gathered(tdm_engine *e, tdmi_bucket *b,
+                                const void *values) {
+  const tdmi_flat *f = &e->flat[b->dtype];
+  tdm_dtype cd = tdmi_flat_compute_dtype(f, b->dtype);
+  b->persistent = 1;
+  b->gathered = tdmi_engine_alloc(e, TDM_MEM_PARAMS, b->count, cd);
+  if (!b->gathered)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  if (f->copied)
+    tdmi_kernel_convert(&e->kernels, b->dtype, values, cd, b->gathered,
+                        b->count);
+  else
+    memcpy(b->gathered, values, b->count * tdmi_dtype_size(cd));
+  return TDM_SUCCESS;
+}
+
+/* Copies the full values of bucket b (rank 0's, already broadcast) into
+ * the buffers of the stage. */
+static tdm_status distribute(tdm_engine *e, tdmi_bucket *b,
+                             const char *values) {
+  tdmi_flat *f = &e->flat[b->dtype];
+  size_t esize = tdmi_dtype_size(b->dtype);
+  size_t csize = tdmi_dtype_size(f->copy_dtype);
+  const char *mine = values + (size_t)e->ctx->rank * b->chunk * esize;
+  if (f->copy)
+    tdmi_kernel_convert(&e->kernels, b->dtype, values, f->copy_dtype,
+                        (char *)f->copy + b->first * csize, b->count);
+  if (f->master)
+    memcpy((char *)f->master + b->shard_first * esize, mine, b->chunk * esize);
+  if (f->shard_copy)
+    tdmi_kernel_convert(&e->kernels, b->dtype, mine, f->copy_dtype,
+                        (char *)f->shard_copy + b->shard_first * csize,
+                        b->chunk);
+  if (e->stage == 3 && module_numel(e, b->module) < e->persist_numel)
+    return keep_gathered(e, b, values);
+  return TDM_SUCCESS;
+}
+
+/* Bucket b's values: registered values, broadcast from rank 0, then
+ * distributed.  Where full values are kept they are filled in place;
+ * otherwise a bucket-sized scratch is used, so no rank ever holds the
+ * whole model at once. */
+static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
+  tdmi_flat *f = &e->flat[b->dtype];
+  size_t esize = tdmi_dtype_size(b->dtype);
+  char *values = f->data ? (char *)f->data + b->first * esize
+                         : aligned_alloc(TDMI_ALIGN, b->count * esize);
+  if (!values)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  memset(values, 0, b->count * esize);
+  for (int k = b->order_first; k < b->order_first + b->nparams; k++) {
+    tdmi_param *p = &e->params[e->order[k]];
+    if (p->initial)
+      memcpy(values + (p->first - b->first) * esize, p->initial,
+             p->numel * esize);
+  }
+  tdm_status st = tdmi_bcast_bytes(e->comm, values, b->count * esize, 0);
+  if (st == TDM_SUCCESS)
+    st = distribute(e, b, values);
+  if (!f->data)
+    free(values);
+  return st;
+}
+
+tdm_status tdmi_layout_load_initial(tdm_engine *e) {
+  tdm_status st = TDM_SUCCESS;
+  for (int b = 0; b < e->nbuckets && st == TDM_SUCCESS; b++)
+    st = load_bucket(e, &e->buckets[b]);
+  for (int i = 0; i < e->nparams; i++) {
+    free(e->params[i].initial);
+    e->params[i].initial = NULL;
+  }
+  return st;
+}
+
+void tdmi_layout_free(tdm_engine *e) {
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    tdmi_flat *f = &e->flat[d];
+    tdm_memory_category values =
+        f->copied ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS;
+    tdmi_engine_free(e, values, f->data, f->count, (tdm_dtype)d);
+    tdmi_engine_free(e, TDM_MEM_PARAMS, f->copy, f->count, f->copy_dtype);
+    tdmi_engine_free(e, TDM_MEM_GRADS, f->grad, f->count, f->grad_dtype);
+    tdmi_engine_free(e, values, f->master, f->shard_count, (tdm_dtype)d);
+    tdmi_engine_free(e, TDM_MEM_PARAMS, f->shard_copy, f->shard_count,
+                     f->copy_dtype);
+    tdmi_engine_free(e, TDM_MEM_GRADS, f->shard_grad, f->shard_count,
+                     f->grad_dtype);
+    memset(f, 0, sizeof *f);
+  }
+  for (int b = 0; b < e->nbuckets; b++) {
+    tdmi_bucket *bk = &e->buckets[b];
+    tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, bk->staging, bk->count,
+                     bk->grad_dtype);
+    bk->staging = NULL;
+  }
+  free(e->order);
+  free(e->buckets);
+  e->order = NULL;
+  e->buckets = NULL;
+  e->nbuckets = 0;
+}

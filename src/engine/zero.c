@@ -1,0 +1,151 @@
+/* zero.c - the ZeRO strategies (stages 1-3) on the bucket state machine.
+ * A bucket's gradients are reduce-scattered in place: each rank gets the
+ * sum of its own chunk.  Stage 1 reduces the full gradient buffer at the
+ * end of the accumulation cycle and keeps its chunk in place; stages 2
+ * and 3 reduce each micro-step's bucket gradients (a scratch buffer,
+ * freed afterwards) and add the chunk into the rank's gradient shard.
+ * After an update every rank's chunks of the values are all-gathered
+ * (stages 1-2); stage 3 keeps values sharded and gathers per module. */
+#include <string.h>
+
+#include "engine.h"
+
+static MPI_Op op_of(const tdm_engine *e, const tdmi_bucket *b) {
+  return b->grad_dtype == e->reduce_dtype ? e->reduce_op : MPI_SUM;
+}
+
+/* Reduce-scatter and all-gather both send (N-1)/N of the buffer. */
+static void count_traffic(tdm_engine *e, size_t bytes) {
+  uint64_t n = (uint64_t)e->ctx->size;
+  tdmi_mem_traffic(e, (uint64_t)bytes * (n - 1) / n);
+}
+
+tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
+                                const char *what) {
+  if (!b->staging)
+    b->staging = tdmi_engine_alloc(e, TDM_MEM_COMM_BUFFERS, b->count,
+                                   b->grad_dtype);
+  if (!b->staging)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory for %zu bytes "
+                      "of bucket gradients", what, b->bytes);
+  return TDM_SUCCESS;
+}
+
+/* The buffer reduced in place: the full gradients (stage 1) or the
+ * micro-step's bucket gradients (stages 2-3; all zero when no parameter
+ * of the bucket asked for its gradient). */
+static tdm_status source(tdm_engine *e, tdmi_bucket *b, void **buf) {
+  if (e->stage == 1) {
+    *buf = (char *)e->flat[b->dtype].grad +
+           b->first * tdmi_dtype_size(b->grad_dtype);
+    return TDM_SUCCESS;
+  }
+  TDMI_TRY(tdmi_bucket_staging(e, b, "bucket reduction"));
+  *buf = b->staging;
+  return TDM_SUCCESS;
+}
+
+static tdm_status zero_launch(tdm_engine *e, tdmi_bucket *b) {
+  void *buf = NULL;
+  TDMI_TRY(source(e, b, &buf));
+  count_traffic(e, b->bytes);
+  return tdmi_ireduce_scatter(e->comm, buf, b->chunk, b->grad_dtype,
+                              op_of(e, b), &b->request);
+}
+
+static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
+  void *buf = NULL;
+  TDMI_TRY(source(e, b, &buf));
+  count_traffic(e, b->bytes);
+  return tdmi_reduce_scatter(e->comm, buf, b->chunk, b->grad_dtype,
+                             op_of(e, b));
+}
+
+/* The reduced chunk is at the start of the reduced buffer. */
+static tdm_status zero_finish(tdm_engine *e, tdmi_bucket *b) {
+  size_t gsize = tdmi_dtype_size(b->grad_dtype);
+  tdmi_flat *f = &e->flat[b->dtype];
+  if (e->stage == 1) {
+    char *g = (char *)f->grad + b->first * gsize;
+    size_t mine = (size_t)e->ctx->rank * b->chunk * gsize;
+    if (mine)
+      memcpy(g + mine, g, b->chunk * gsize); /* chunks never overlap */
+    return TDM_SUCCESS;
+  }
+  tdmi_kernel_accumulate(&e->kernels, b->grad_dtype, b->staging,
+                         (char *)f->shard_grad + b->shard_first * gsize,
+                         b->chunk);
+  tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, b->staging, b->count,
+                   b->grad_dtype);
+  b->staging = NULL;
+  return TDM_SUCCESS;
+}
+
+const tdmi_strategy tdmi_strategy_zero = {"zero", zero_launch,
+                                          tdmi_bucket_test, tdmi_bucket_wait,
+                                          zero_reduce, zero_finish};
+
+/* Stages 1-2: the updated chunks of the values the model computes with,
+ * from every rank to every rank, in place. */
+tdm_status tdmi_zero_gather_params(tdm_engine *e) {
+  for (int i = 0; i < e->nbuckets; i++) {
+    const tdmi_bucket *b = &e->buckets[i];
+    const tdmi_flat *f = &e->flat[b->dtype];
+    tdm_dtype cd = tdmi_flat_compute_dtype(f, b->dtype);
+    size_t csize = tdmi_dtype_size(cd);
+    char *full = (char *)(f->copied ? f->copy : f->data) + b->first * csize;
+    count_traffic(e, b->count * csize);
+    TDMI_TRY(tdmi_allgather_bytes(e->comm, NULL, full, b->chunk * csize));
+  }
+  return TDM_SUCCESS;
+}
+
+/* ---- reading the master values ---- */
+
+/* Where parameter p's master values are complete on every rank. */
+static const void *full_master(const tdm_engine *e, const tdmi_param *p) {
+  const tdmi_flat *f = &e->flat[p->dtype];
+  return f->data ? (const char *)f->data + p->first * tdmi_dtype_size(p->dtype)
+                 : NULL;
+}
+
+/* Copies the part of p this rank owns into out (zero elsewhere). */
+static void own_part(const tdm_engine *e, const tdmi_param *p, char *out) {
+  const tdmi_bucket *b = &e->buckets[p->bucket];
+  const tdmi_flat *f = &e->flat[p->dtype];
+  size_t esize = tdmi_dtype_size(p->dtype);
+  size_t lo = b->first + (size_t)e->ctx->rank * b->chunk, hi = lo + b->chunk;
+  size_t from = p->first > lo ? p->first : lo;
+  size_t to = p->first + p->numel < hi ? p->first + p->numel : hi;
+  memset(out, 0, p->numel * esize);
+  if (from < to)
+    memcpy(out + (from - p->first) * esize,
+           (const char *)f->master + (b->shard_first + from - lo) * esize,
+           (to - from) * esize);
+}
+
+tdm_status tdm_gather_param(tdm_engine *e, int param, void *out) {
+  const char *fn = "tdm_gather_param";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  if (param < 0 || param >= e->nparams)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: param %d is not registered (%d params)", fn, param,
+                      e->nparams);
+  TDMI_CHECK_PTR(out, fn);
+  if (e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: a micro-step is in progress; call it between "
+                      "tdm_backward_end (and tdm_step) and the next "
+                      "tdm_backward_begin", fn);
+  const tdmi_param *p = &e->params[param];
+  const void *full = full_master(e, p);
+  size_t bytes = p->numel * tdmi_dtype_size(p->dtype);
+  if (full) {
+    memcpy(out, full, bytes);
+    return TDM_SUCCESS;
+  }
+  own_part(e, p, out);
+  /* The parts are disjoint and zero elsewhere: OR assembles them bit for
+   * bit (a sum would turn -0 into +0). */
+  return tdmi_bor_bytes(e->comm, out, bytes);
+}
