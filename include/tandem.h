@@ -51,6 +51,8 @@ typedef enum {
   TDM_ERR_NOT_SUPPORTED = 9,    /* feature not built in                    */
   TDM_ERR_REMOTE = 10,          /* another rank failed; message names it   */
   TDM_ERR_INTERNAL = 11,        /* a bug in tandem                         */
+  TDM_ERR_NCCL = 12,            /* an NCCL call failed or timed out; the
+                                   communicator was aborted               */
   TDM_NUM_STATUSES
 } tdm_status;
 

@@ -104,6 +104,21 @@ static void log_start(const tdm_context *ctx) {
            ctx->device_index, level, tdmi_nccl_version(), ctx->config.debug);
 }
 
+/* Seconds NCCL may take to form a communicator before it is aborted: a
+ * rank that never arrives becomes an error, not a hang. */
+#define NCCL_INIT_TIMEOUT_S 300.0
+
+/* On GPUs with NCCL: the world's NCCL communicator, bootstrapped over
+ * ctx's MPI communicator (every rank on its own device).  Collective. */
+static tdm_status join_nccl(tdm_context *ctx) {
+  int want = ctx->device_kind == TDM_DEVICE_CUDA && tdmi_nccl_version() > 0;
+  tdmi_nccl *n = NULL;
+  tdm_status st = tdmi_nccl_create_if_all(ctx->comm, want,
+                                          NCCL_INIT_TIMEOUT_S, &n);
+  ctx->nccl = n;
+  return st;
+}
+
 /* Collective over parent: every rank succeeds, or every rank fails. */
 static tdm_status init_on(MPI_Comm parent, const tdm_options *options,
                           tdm_context **out, const char *fn) {
@@ -112,6 +127,8 @@ static tdm_status init_on(MPI_Comm parent, const tdm_options *options,
   tdm_status st = setup(ctx, options, out, fn);
   int registered = st == TDM_SUCCESS;
   st = tdmi_agree(ctx->comm, st, fn);
+  if (st == TDM_SUCCESS)
+    st = join_nccl(ctx); /* every rank returns its outcome */
   if (st != TDM_SUCCESS) {
     if (registered)
       tdmi_context_unregister(ctx);
@@ -191,6 +208,7 @@ tdm_status tdm_finalize(tdm_context *ctx) {
     tdmi_log(ctx, TDM_LOG_WARN, "tdm_finalize: a main-first section is open");
   tdmi_log(ctx, TDM_LOG_INFO, "tdm_finalize");
   int left = tdmi_context_unregister(ctx);
+  tdmi_nccl_destroy(ctx->nccl);
   tdmi_context_destroy(ctx);
   return release_mpi(left);
 }

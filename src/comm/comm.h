@@ -104,6 +104,31 @@ tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root);
 /* NCCL's version code (e.g. 22803), or 0 when built without NCCL. */
 int tdmi_nccl_version(void);
 
+/* ---- NCCL over MPI (nccl.c) ---- */
+
+/* Splits comm into the ranks of this node (local) and the ranks with the
+ * same local rank on every node (cross), for hierarchical reductions.
+ * Collective. */
+tdm_status tdmi_comm_split_node(MPI_Comm comm, MPI_Comm *local,
+                                MPI_Comm *cross);
+/* The NCCL unique id (NCCL_UNIQUE_ID_BYTES) rank 0 of comm made, on every
+ * rank.  Collective; TDM_ERR_NOT_SUPPORTED without NCCL. */
+tdm_status tdmi_nccl_unique_id(MPI_Comm comm, void *id);
+typedef struct tdmi_nccl tdmi_nccl;
+/* An NCCL communicator over comm's ranks on each rank's current device,
+ * its initialization polled for at most timeout_s seconds (then aborted).
+ * Collective; every rank returns the same success or failure. */
+tdm_status tdmi_nccl_create(MPI_Comm comm, double timeout_s, tdmi_nccl **out);
+void tdmi_nccl_destroy(tdmi_nccl *n);
+/* tdmi_nccl_create when every rank of comm wants one (want), else *out is
+ * NULL on every rank: ranks never split between NCCL and MPI. */
+tdm_status tdmi_nccl_create_if_all(MPI_Comm comm, int want, double timeout_s,
+                                   tdmi_nccl **out);
+/* Polls the communicator's asynchronous state until its operations in
+ * progress are done, an error, or timeout_s; on error or timeout aborts
+ * it (TDM_ERR_NCCL naming what, the rank and the timeout). */
+tdm_status tdmi_nccl_poll(tdmi_nccl *n, double timeout_s, const char *what);
+
 /* Runs a local argument check unless an earlier one already failed: the
  * first failure is kept so it can take part in tdmi_coll_enter. */
 #define FIRST_FAILURE(st, expr) \

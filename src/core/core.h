@@ -75,6 +75,8 @@ struct tdm_context {
   int device_index;
   int trigger;
   int main_first_open[2]; /* indexed by tdm_scope */
+  void *nccl;          /* the comm layer's NCCL communicator over comm
+                          (device cuda with NCCL), else NULL           */
 };
 
 /* Duplicates parent and reads the topology (collective over parent). */

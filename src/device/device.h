@@ -12,4 +12,39 @@ int tdmi_device_count(void);
 /* Makes device index current for the calling thread. */
 tdm_status tdmi_device_activate(tdm_device_kind kind, int index);
 
+/* ---- memory, streams, events (memory.c) ---- */
+
+typedef enum {
+  TDMI_MEM_HOST = 0,   /* pageable host memory, 64-byte aligned          */
+  TDMI_MEM_PINNED = 1, /* page-locked host memory, for fast asynchronous
+                          copies; plain host memory where no GPU is     */
+  TDMI_MEM_DEVICE = 2  /* GPU memory of the current device              */
+} tdmi_mem_kind;
+
+/* bytes of kind into *out; TDM_ERR_NOT_SUPPORTED for device memory
+ * without CUDA, TDM_ERR_DEVICE or TDM_ERR_NO_MEMORY on failure. */
+tdm_status tdmi_mem_alloc(tdmi_mem_kind kind, size_t bytes, void **out);
+void tdmi_mem_free(tdmi_mem_kind kind, void *p);
+/* Whether p points into GPU memory (collectives then take NCCL). */
+int tdmi_mem_is_device(const void *p);
+
+/* A stream orders copies and kernels; a host stream (on_device 0) runs
+ * each one at once.  Events order one stream after another. */
+typedef struct tdmi_stream tdmi_stream;
+typedef struct tdmi_event tdmi_event;
+tdm_status tdmi_stream_create(int on_device, tdmi_stream **out);
+void tdmi_stream_destroy(tdmi_stream *s);
+/* The cudaStream_t (NULL for a host stream), for kernels and NCCL. */
+void *tdmi_stream_handle(const tdmi_stream *s);
+tdm_status tdmi_stream_synchronize(tdmi_stream *s);
+/* Copies bytes in any direction (host, pinned, device) on s. */
+tdm_status tdmi_copy_async(void *dst, const void *src, size_t bytes,
+                           tdmi_stream *s);
+tdm_status tdmi_event_create(int on_device, tdmi_event **out);
+void tdmi_event_destroy(tdmi_event *ev);
+tdm_status tdmi_event_record(tdmi_event *ev, tdmi_stream *s);
+tdm_status tdmi_stream_wait_event(tdmi_stream *s, tdmi_event *ev);
+/* *done: whether the work the event marks has finished. */
+tdm_status tdmi_event_query(tdmi_event *ev, int *done);
+
 #endif /* TDM_DEVICE_H */
