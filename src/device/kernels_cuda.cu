@@ -58,73 +58,17 @@ static __device__ __forceinline__ void apply(const tdmi_update *u, double *p,
   apply_f64(u, p, g, s0, s1, n);
 }
 
-/* ---- bf16 and f16 <-> f32: the bit logic of core/half.c --------------- */
-/* Host and device, so the host can check them against core's converters;
- * NaNs come out as PyTorch's CPU ones (bf16 0xffff; f16 sign, quiet bit,
- * top payload bits), which the hardware's conversions do not give. */
+/* ---- bf16 and f16 <-> f32: core's bit logic, on host and device ------ */
 
-#define HD static __host__ __device__ __forceinline__
+#define TDMI_HALF_FN static __host__ __device__ __forceinline__
+#include "../core/half_bits.h"
+#define HD TDMI_HALF_FN
 
-HD uint32_t f32_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-HD float f32_from_bits(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/* m >> shift, rounded to nearest, ties to even (1 <= shift <= 31). */
-HD uint32_t shift_round_even(uint32_t m, int shift) {
-  uint32_t q = m >> shift;
-  uint32_t rem = m & ((1u << shift) - 1u);
-  uint32_t half = 1u << (shift - 1);
-  return q + (rem > half || (rem == half && (q & 1u)));
-}
-
-HD uint16_t f32_to_f16(float f) {
-  uint32_t x = f32_bits(f);
-  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-  uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) /* NaN */
-    return sign | 0x7e00u | (uint16_t)((ax & 0x7fffffu) >> 13);
-  if (ax >= 0x47800000u)
-    return sign | 0x7c00u; /* >= 65536 (and inf): inf */
-  int exp = (int)(ax >> 23) - 127;
-  if (exp < -25)
-    return sign; /* below half the smallest subnormal: zero */
-  uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
-  if (exp < -14) /* subnormal result, in units of 2^-24 */
-    return sign | (uint16_t)shift_round_even(mant, -exp - 1);
-  uint32_t sig = shift_round_even(mant, 13); /* a carry bumps the exponent */
-  return sign | (uint16_t)(((uint32_t)(exp + 15) << 10) + sig - 0x400u);
-}
-
-HD float f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0) { /* exact: mant < 2^10 */
-    float mag = (float)mant * 0x1p-24f;
-    return sign ? -mag : mag;
-  }
-  if (exp == 31) /* inf, or a NaN made quiet */
-    return f32_from_bits(sign | 0x7f800000u | (mant << 13) |
-                         (mant ? 0x400000u : 0u));
-  return f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
-HD uint16_t f32_to_bf16(float f) {
-  uint32_t x = f32_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u)
-    return 0xffffu;
-  return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-HD float bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+HD uint32_t f32_bits(float f) { return tdmi_bits_of_f32(f); }
+HD uint16_t f32_to_f16(float f) { return tdmi_bits_f32_to_f16(f); }
+HD float f16_to_f32(uint16_t h) { return tdmi_bits_f16_to_f32(h); }
+HD uint16_t f32_to_bf16(float f) { return tdmi_bits_f32_to_bf16(f); }
+HD float bf16_to_f32(uint16_t h) { return tdmi_bits_bf16_to_f32(h); }
 
 /* ---- element access by dtype ------------------------------------------ */
 
