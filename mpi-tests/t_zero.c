@@ -42,7 +42,10 @@
  *  (e) misuse: unfetched data, a ZeRO-2 gradient outside a micro-step, a
  *      bad module index, tdm_gather_param inside a micro-step, offload or
  *      zero_stage values that do not fit, TANDEM_ZERO_STAGE, and ranks
- *      configured with different stages.
+ *      configured with different stages;
+ *  (f) mixed dtypes: modules of an f32 and an f64 parameter (two buckets
+ *      each at stage 3) trained by SGD on a quadratic whose gradient the
+ *      test writes: every stage ends at the closed form c + (w0 - c) 0.9^k.
  * Set TDM_TEST_VERBOSE=1 for a summary line per configuration (printed
  * anyway when a check of it fails). */
 #include <stdint.h>
@@ -887,6 +890,96 @@ static void misuse(void) {
   }
 }
 
+/* (f) Modules holding an f32 and an f64 parameter each (two buckets per
+ * module at stage 3), SGD lr 0.1 on the loss sum (w - c)^2 / 2, whose
+ * gradient w - c the test writes itself: after k steps every value is
+ * c + (w0 - c) 0.9^k, at every stage, with a prefetch window smaller
+ * than any module. */
+#define MIXED_MODULES 5
+#define MIXED_STEPS 10
+
+static void mixed_dtypes(int stage) {
+  tdm_options o = TDM_OPTIONS_INIT;
+  o.zero_stage = stage;
+  o.zero3_persistence_threshold = 0;
+  o.zero3_prefetch_bytes = 100;
+  o.first_bucket_bytes = 64;
+  o.bucket_cap_bytes = 256;
+  tdm_context *ctx = NULL;
+  tdm_engine *e = NULL;
+  tdm_optimizer *opt = NULL;
+  TH_OK(tdm_init_comm(MPI_COMM_WORLD, &o, &ctx));
+  TH_OK(tdm_engine_create(ctx, &e));
+  int mod[MIXED_MODULES], p32[MIXED_MODULES], p64[MIXED_MODULES];
+  int64_t n32[MIXED_MODULES], n64[MIXED_MODULES];
+  for (int m = 0; m < MIXED_MODULES; m++) {
+    char name[32];
+    float a[64];
+    double b[32];
+    n32[m] = 7 + 13 * m;
+    n64[m] = 3 + 5 * m;
+    for (int i = 0; i < n32[m]; i++)
+      a[i] = (float)(i + m);
+    for (int i = 0; i < n64[m]; i++)
+      b[i] = -(double)(i + 2 * m);
+    snprintf(name, sizeof name, "m%d", m);
+    TH_OK(tdm_add_module(e, name, &mod[m]));
+    snprintf(name, sizeof name, "m%d.w", m);
+    TH_OK(tdm_add_param(e, mod[m], name, TDM_F32, 1, &n32[m], a, 0, &p32[m]));
+    snprintf(name, sizeof name, "m%d.d", m);
+    TH_OK(tdm_add_param(e, mod[m], name, TDM_F64, 1, &n64[m], b, 0, &p64[m]));
+  }
+  TH_OK(tdm_prepare(e));
+  tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
+  oo.lr = 0.1;
+  TH_OK(tdm_optimizer_create(e, &oo, &opt));
+  for (int k = 0; k < MIXED_STEPS; k++) {
+    double scale;
+    TH_OK(tdm_loss_scale(e, &scale));
+    TH_OK(tdm_backward_begin(e));
+    for (int m = 0; m < MIXED_MODULES; m++) {
+      TH_OK(tdm_fetch_module(e, mod[m]));
+      TH_OK(tdm_release_module(e, mod[m]));
+    }
+    for (int m = MIXED_MODULES - 1; m >= 0; m--) {
+      float *w = NULL, *gw = NULL;
+      double *d = NULL, *gd = NULL;
+      TH_OK(tdm_fetch_module(e, mod[m]));
+      TH_OK(tdm_param_buffers(e, p32[m], (void **)&w, (void **)&gw));
+      TH_OK(tdm_param_buffers(e, p64[m], (void **)&d, (void **)&gd));
+      for (int i = 0; w && gw && i < n32[m]; i++)
+        gw[i] += (float)(scale * (w[i] - 1.0f));
+      for (int i = 0; d && gd && i < n64[m]; i++)
+        gd[i] += scale * (d[i] - 2.0);
+      TH_OK(tdm_module_grads_ready(e, mod[m]));
+      TH_OK(tdm_release_module(e, mod[m]));
+    }
+    TH_OK(tdm_backward_end(e));
+    TH_OK(tdm_step(opt, NULL));
+  }
+  double f = pow(0.9, MIXED_STEPS), err32 = 0, err64 = 0;
+  for (int m = 0; m < MIXED_MODULES; m++) {
+    float a[64];
+    double b[32];
+    TH_OK(tdm_gather_param(e, p32[m], a));
+    TH_OK(tdm_gather_param(e, p64[m], b));
+    for (int i = 0; i < n32[m]; i++) {
+      double w0 = i + m, want = 1.0 + (w0 - 1.0) * f;
+      err32 = fmax(err32, fabs(a[i] - want) / fmax(1.0, fabs(want)));
+    }
+    for (int i = 0; i < n64[m]; i++) {
+      double w0 = -(double)(i + 2 * m), want = 2.0 + (w0 - 2.0) * f;
+      err64 = fmax(err64, fabs(b[i] - want) / fmax(1.0, fabs(want)));
+    }
+  }
+  TH_CHECK(err32 <= 1e-6 && err64 <= 1e-12,
+           "mixed f32/f64 modules, stage %d N=%d: relative error f32 %.3g "
+           "f64 %.3g against the closed form", stage, size, err32, err64);
+  TH_OK(tdm_optimizer_destroy(opt));
+  TH_OK(tdm_engine_destroy(e));
+  TH_OK(tdm_finalize(ctx));
+}
+
 int main(int argc, char **argv) {
   int provided = th_init(&argc, &argv, MPI_THREAD_MULTIPLE, &rank, &size);
   thread_ok = provided == MPI_THREAD_MULTIPLE;
@@ -903,6 +996,8 @@ int main(int argc, char **argv) {
   memory(TDM_PRECISION_BF16);
   estimates();
   window();
+  for (int stage = 0; stage <= 3; stage++)
+    mixed_dtypes(stage);
   misuse();
   if (rank == 0)
     printf("t_zero N=%d: equivalence %.1f s, the rest %.1f s%s\n", size,
