@@ -43,6 +43,9 @@ static void die(const char *what, const char *detail, const char *file,
   exit(1);
 }
 
+/* Unused by some benchmarks (bench/optim_gpu). */
+static void die_tdm(const char *what, tdm_status st, const char *file,
+                    int line) __attribute__((unused));
 static void die_tdm(const char *what, tdm_status st, const char *file,
                     int line) {
   char msg[1024], full[1400];
@@ -52,6 +55,8 @@ static void die_tdm(const char *what, tdm_status st, const char *file,
   die(what, full, file, line);
 }
 
+static void die_mpi(const char *what, int err, const char *file, int line)
+    __attribute__((unused));
 static void die_mpi(const char *what, int err, const char *file, int line) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;

@@ -28,12 +28,12 @@ import sys
 import time
 
 
-def make(torch, n, impl):
+def make(torch, n, impl, device="cpu"):
     """One float32 parameter of n elements, its gradient set once, and
     torch.optim.AdamW over it (lr 1e-3, weight_decay 0.01, as bench/optim)."""
     gen = torch.Generator().manual_seed(1234)
-    param = torch.nn.Parameter(torch.randn(n, generator=gen) * 0.05)
-    param.grad = torch.randn(n, generator=gen)
+    param = torch.nn.Parameter((torch.randn(n, generator=gen) * 0.05).to(device))
+    param.grad = torch.randn(n, generator=gen).to(device)
     kwargs = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
               "weight_decay": 0.01}
     if impl == "fused":
@@ -45,19 +45,27 @@ def make(torch, n, impl):
     return torch.optim.AdamW([param], **kwargs), param
 
 
-def timed_step(opt, flush):
-    """Milliseconds of one opt.step(), after reading the flush buffer."""
+def timed_step(opt, flush, sync=None):
+    """Milliseconds of one opt.step(), after reading the flush buffer; on a
+    GPU (sync: torch.cuda.synchronize) from an idle device to the step's
+    end."""
     if flush is not None:
         flush.sum()  # evicts the previous step's lines; not timed
+    if sync:
+        sync()
     t0 = time.perf_counter()
     opt.step()
+    if sync:
+        sync()
     return (time.perf_counter() - t0) * 1e3
 
 
-def measure(torch, n, threads, iters, warmup, impl, flush):
+def measure(torch, n, threads, iters, warmup, impl, flush, device="cpu"):
     torch.set_num_threads(threads)
-    opt, _ = make(torch, n, impl)
-    times = [timed_step(opt, flush) for _ in range(warmup + iters)][warmup:]
+    opt, _ = make(torch, n, impl, device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    times = [timed_step(opt, flush, sync)
+             for _ in range(warmup + iters)][warmup:]
     return statistics.median(times), min(times)
 
 
@@ -103,6 +111,8 @@ def main():
                     help="comma-separated: foreach, fused (default foreach)")
     ap.add_argument("--flush-mb", type=int, default=128,
                     help="MiB read between steps to evict caches; 0: none")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda (bench/optim_gpu; no cache flush)")
     ap.add_argument("--serve", action="store_true",
                     help="answer bench/optim's step requests on stdin")
     a = ap.parse_args()
@@ -112,7 +122,7 @@ def main():
         print("torch_adamw missing reason=%s" % type(e).__name__, flush=True)
         return 0
     flush = None
-    if a.flush_mb > 0:
+    if a.flush_mb > 0 and a.device == "cpu":
         flush = torch.ones(a.flush_mb * (1 << 20) // 4, dtype=torch.float32)
     print("torch_adamw version=%s" % torch.__version__, flush=True)
     if a.serve:
@@ -122,7 +132,7 @@ def main():
         for t in (int(x) for x in a.threads.split(",")):
             try:
                 med, best = measure(torch, a.n, t, a.iters, a.warmup, impl,
-                                    flush)
+                                    flush, a.device)
             except Exception as e:  # e.g. fused=True unsupported on CPU
                 print("torch_adamw impl=%s threads=%d error=%s"
                       % (impl, t, type(e).__name__))

@@ -250,4 +250,14 @@ else
       tail -15 "$out" | sed 's/^/  | /'
   fi
 fi
+
+# ---- 6: the fused AdamW kernel vs the copy roofline and torch's fused AdamW --
+g=$b/bench/optim_gpu
+if [ ! -x "$g" ]; then
+  fail "bench/optim_gpu was not built (nvcc missing?)"
+else
+  step "bench/optim_gpu (targets: 85% of the copy bandwidth, 1.0x torch fused)" 240 \
+    "$g" --torch-script bench/optim_torch.py && sed 's/^/  | /' "$out"
+  cp "$out" "$logdir/optim_gpu.txt" 2>/dev/null
+fi
 finish
