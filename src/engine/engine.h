@@ -33,6 +33,7 @@ typedef struct {
   char *name;
   int *params;    /* indices, in registration order */
   int nparams;
+  int bucket_first, nbuckets; /* stage 3: its buckets, consecutive */
 } tdmi_module;
 
 typedef struct {
@@ -177,6 +178,9 @@ tdm_status tdmi_engine_check(const tdm_engine *e, const char *fn);
 /* TDM_ERR_INVALID_USAGE unless tdm_prepare succeeded. */
 tdm_status tdmi_engine_check_prepared(const tdm_engine *e, const char *fn);
 
+/* The dtypes of each flat buffer (copies, gradients), from the precision
+ * and reduce dtype; at engine creation (layout.c). */
+void tdmi_layout_dtypes(tdm_engine *e);
 /* Storage (layout.c): the layout order, buckets and shards, the
  * buffers of the stage, and rank 0's initial values everywhere. */
 tdm_status tdmi_layout_build(tdm_engine *e);

@@ -59,14 +59,8 @@ static void drop_gathered(tdm_engine *e, tdmi_bucket *b) {
 
 /* Module m's buckets: stage 3 lays them out consecutively. */
 static int bucket_range(const tdm_engine *e, int m, int *first) {
-  int n = 0;
-  *first = 0;
-  for (int b = 0; b < e->nbuckets; b++)
-    if (e->buckets[b].module == m) {
-      if (n++ == 0)
-        *first = b;
-    }
-  return n;
+  *first = e->modules[m].bucket_first;
+  return e->modules[m].nbuckets;
 }
 
 static size_t module_gather_bytes(const tdm_engine *e, int m, int *sharded) {

@@ -59,7 +59,7 @@ static void seal(tdm_engine *e, tdmi_bucket *b) {
   b->bytes = b->count * tdmi_dtype_size(b->grad_dtype);
 }
 
-static void set_dtypes(tdm_engine *e) {
+void tdmi_layout_dtypes(tdm_engine *e) {
   tdm_dtype copy = e->precision == TDM_PRECISION_BF16 ? TDM_BF16 : TDM_F16;
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
@@ -89,6 +89,8 @@ static int assign(tdm_engine *e) {
       b->order_first = k;
       b->module = e->stage == 3 ? p->module : -1;
       b->request = b->gather = MPI_REQUEST_NULL;
+      if (e->stage == 3 && e->modules[p->module].nbuckets++ == 0)
+        e->modules[p->module].bucket_first = nb - 1;
     }
     p->first = align_up(f->count);
     f->count = p->first + p->numel;
@@ -144,7 +146,6 @@ tdm_status tdmi_layout_build(tdm_engine *e) {
   e->buckets = malloc(sizeof *e->buckets * n);
   if (!e->order || !e->buckets)
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
-  set_dtypes(e);
   fill_order(e);
   e->nbuckets = assign(e);
   for (int d = 0; d < TDM_NUM_DTYPES; d++)

@@ -56,6 +56,7 @@ static tdm_status pick_precision(tdm_engine *e) {
   e->reduce_dtype = (tdm_dtype)c->reduce_dtype;
   /* GradScaler's initial scale until an optimizer sets its own. */
   e->loss_scale = e->precision == TDM_PRECISION_FP16 ? 65536.0 : 1.0;
+  tdmi_layout_dtypes(e);
   TDMI_TRY(tdmi_kernels_init(&e->kernels, (tdm_cpu_isa)c->cpu_isa,
                              c->cpu_threads));
   return tdmi_sum_op_create(e->reduce_dtype, &e->reduce_op);
@@ -427,13 +428,10 @@ tdm_status tdm_get_param_dtypes(const tdm_engine *e, int param,
   TDMI_TRY(tdmi_engine_check(e, fn));
   TDMI_TRY(check_param_index(e, fn, param));
   tdm_dtype d = e->params[param].dtype;
-  int copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
   if (data_dtype)
-    *data_dtype = !copied                              ? d
-                  : e->precision == TDM_PRECISION_BF16 ? TDM_BF16
-                                                       : TDM_F16;
+    *data_dtype = tdmi_flat_compute_dtype(&e->flat[d], d);
   if (grad_dtype)
-    *grad_dtype = d == TDM_F32 ? e->reduce_dtype : d;
+    *grad_dtype = e->flat[d].grad_dtype;
   return TDM_SUCCESS;
 }
 
