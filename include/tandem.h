@@ -125,7 +125,9 @@ typedef enum {
   TDM_DEVICE_CUDA = 2
 } tdm_device_kind;
 
-/* How the engine's non-blocking gradient reductions make progress. */
+/* How the engine's non-blocking gradient reductions make progress.  On a
+ * GPU the engine always polls: NCCL runs on its own stream, and staged
+ * copies are issued from the calls that launch them. */
 typedef enum {
   TDM_PROGRESS_AUTO = 0,  /* thread when MPI provides MPI_THREAD_MULTIPLE,
                              else poll                                     */
@@ -161,6 +163,16 @@ typedef enum {
   TDM_OFFLOAD_OPTIMIZER = 1, /* master shard and optimizer state; ZeRO >= 1 */
   TDM_OFFLOAD_PARAMS = 2     /* that, plus the parameter shards; ZeRO-3    */
 } tdm_offload;
+
+/* How the engine reduces gradients that live on a GPU. */
+typedef enum {
+  TDM_GPU_COLLECTIVES_AUTO = 0,   /* nccl where every rank has it, else mpi
+                                     when MPI is CUDA-aware, else staged  */
+  TDM_GPU_COLLECTIVES_NCCL = 1,   /* NCCL on a communication stream        */
+  TDM_GPU_COLLECTIVES_MPI = 2,    /* MPI on device pointers (CUDA-aware)   */
+  TDM_GPU_COLLECTIVES_STAGED = 3  /* copies through pinned host memory and
+                                     MPI on the host                       */
+} tdm_gpu_collectives;
 
 /* Marks an option field the caller leaves to environment / file / default. */
 #define TDM_UNSET (-1)
@@ -218,13 +230,16 @@ typedef struct tdm_options {
                               elements stays gathered; env
                               TANDEM_ZERO3_PERSISTENCE_THRESHOLD; default
                               100000 (DeepSpeed's)                        */
+  int gpu_collectives;     /* tdm_gpu_collectives; env
+                              TANDEM_GPU_COLLECTIVES (auto, nccl, mpi,
+                              staged); default auto                       */
 } tdm_options;
 
 #define TDM_OPTIONS_INIT                                                 \
   { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
-    TDM_UNSET }
+    TDM_UNSET, TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 

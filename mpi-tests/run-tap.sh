@@ -12,6 +12,13 @@ MPIRUN=${MPIRUN:-mpirun}
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
+# The tests' models compute on the host: their engines stay there where a
+# GPU is visible, unless a run asks for the fake GPU's device path.  The
+# GPU tests ask for cuda in their options, which the environment cannot
+# override.
+if [ "${TANDEM_TEST_FAKE_GPU:-0}" != 1 ]; then
+  export TANDEM_DEVICE="${TANDEM_DEVICE:-cpu}"
+fi
 # Keep Open MPI quiet about missing high-speed devices in containers.
 export OMPI_MCA_btl_base_warn_component_unused=0
 # Sanitizer builds: leaks are checked, with MPI's own suppressed by library

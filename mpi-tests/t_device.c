@@ -27,7 +27,10 @@ int main(int argc, char **argv) {
   tdm_context *ctx = NULL;
   tdm_device_kind kind;
   int index;
-  TH_OK(tdm_init_comm(MPI_COMM_WORLD, NULL, &ctx));
+  /* auto in the API: run-tap.sh sets TANDEM_DEVICE=cpu for the rest */
+  tdm_options automatic = TDM_OPTIONS_INIT;
+  automatic.device = TDM_DEVICE_AUTO;
+  TH_OK(tdm_init_comm(MPI_COMM_WORLD, &automatic, &ctx));
   TH_OK(tdm_get_device(ctx, &kind, &index));
   TH_OK(tdm_get_local_rank(ctx, &local));
   if (gpus > 0)

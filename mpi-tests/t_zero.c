@@ -30,7 +30,10 @@
  *      gradients 4, / N from stage 2; optimizer state 8, / N from stage
  *      1; f32 masters of bf16 copies 4, / N from stage 1; 0 in f32),
  *      formula <= reported <= formula + the padding bound 4 * 32 *
- *      (parameters + N * buckets), nothing on the device; the totals
+ *      (parameters + N * buckets), nothing in the other location (with
+ *      TANDEM_TEST_FAKE_GPU=1 every run is on the fake GPU, where the
+ *      model math still reads host-addressable memory, and the bytes
+ *      are on the device; staged copies add pinned comm buffers); the totals
  *      strictly decrease with the stage when N >= 2;
  *      tdm_estimate_model_state against the paper's 7.5B-parameter,
  *      64-GPU example (120, 31.4, 16.6, 1.9 GB) and against the formula
@@ -63,6 +66,11 @@
 #define MAXP 24
 
 static int rank, size, verbose, thread_ok;
+/* TANDEM_TEST_FAKE_GPU=1: every run on the fake GPU (device path). */
+static int fake_gpu;
+static tdm_device_kind run_device(void) {
+  return fake_gpu ? TDM_DEVICE_CUDA : TDM_DEVICE_CPU;
+}
 
 /* The deep model of (a) and (b): 10 layers, widths prime >= 5. */
 static const int small_width[] = {13, 29, 7, 41, 11, 23, 5, 37, 19, 31, 17};
@@ -129,7 +137,7 @@ static int open_run(run *r, int model, const setup *s) {
   memset(r, 0, sizeof *r);
   r->model = model;
   tdm_options o = TDM_OPTIONS_INIT;
-  o.device = TDM_DEVICE_CPU;
+  o.device = run_device();
   o.first_bucket_bytes = FIRST_CAP;
   o.bucket_cap_bytes = CAP;
   o.gradient_accumulation_steps = s->accum;
@@ -430,6 +438,8 @@ static void equivalence(int model, int precision, int accum) {
     TH_CHECK(ref.stepped[t] == 1, "%s: no update at step %d", label, t);
   close_run(&r);
   for (int c = 1; c < NCONFIGS; c++) {
+    if (fake_gpu && configs[c].offload != TDM_OFFLOAD_NONE)
+      continue; /* refused on a GPU: offload_on_gpu() */
     s.z = configs[c];
     snprintf(label, sizeof label, "%s %s k=%d %s",
              model == MODEL_MLP ? "mlp" : "deep", precision_name(precision),
@@ -459,6 +469,21 @@ static void equivalence(int model, int precision, int accum) {
 }
 
 /* ---- (b) the fp16 loss scaler ------------------------------------------- */
+
+/* On a GPU, offload is refused at engine creation, with a clear status,
+ * until it is built there. */
+static void offload_on_gpu(void) {
+  tdm_options o = TDM_OPTIONS_INIT;
+  o.device = TDM_DEVICE_CUDA;
+  o.zero_stage = 1;
+  o.offload = TDM_OFFLOAD_OPTIMIZER;
+  tdm_context *ctx = NULL;
+  TH_OK(tdm_init_comm(MPI_COMM_WORLD, &o, &ctx));
+  tdm_engine *e = NULL;
+  TH_FAILS(tdm_engine_create(ctx, &e), TDM_ERR_NOT_SUPPORTED,
+           "offload=optimizer with parameters on a GPU");
+  TH_OK(tdm_finalize(ctx));
+}
 
 #define NAN_STEP 7
 #define FP16_STEPS 12
@@ -590,9 +615,10 @@ static void memory(int precision) {
     double want[TDM_MEM_NUM_CATEGORIES];
     paper_bytes(psi, size, stage, bf16 ? 2 : 4, 4, 2, bf16, want);
     double slack = 4.0 * 32 * (r.np + (double)size * nb);
+    int here = fake_gpu ? TDM_MEM_DEVICE : TDM_MEM_HOST, there = 1 - here;
     int failures = th_failures;
     for (int c = 0; c < TDM_MEM_MASTER_WEIGHTS + 1; c++) {
-      double got = (double)info.current[c][TDM_MEM_HOST];
+      double got = (double)info.current[c][here];
       if (c == TDM_MEM_MASTER_WEIGHTS && !bf16)
         TH_CHECK(got == 0, "%s N=%d: %s %.0f bytes, want 0 in f32", label,
                  size, category[c], got);
@@ -604,10 +630,10 @@ static void memory(int precision) {
     }
     uint64_t total = 0;
     for (int c = 0; c < TDM_MEM_NUM_CATEGORIES; c++) {
-      TH_CHECK(info.current[c][TDM_MEM_DEVICE] == 0, "%s: %s has %llu bytes "
-               "on the device of a CPU run", label, category[c],
-               (unsigned long long)info.current[c][TDM_MEM_DEVICE]);
-      TH_CHECK(info.peak[c][TDM_MEM_HOST] >= info.current[c][TDM_MEM_HOST],
+      TH_CHECK(c == TDM_MEM_COMM_BUFFERS || info.current[c][there] == 0,
+               "%s: %s has %llu bytes in location %d", label, category[c],
+               (unsigned long long)info.current[c][there], there);
+      TH_CHECK(info.peak[c][here] >= info.current[c][here],
                "%s: %s peak below current", label, category[c]);
       total += info.current[c][TDM_MEM_HOST] + info.current[c][TDM_MEM_DEVICE];
     }
@@ -621,11 +647,11 @@ static void memory(int precision) {
     if (rank == 0 && (verbose || th_failures > failures))
       printf("%s N=%d (psi %.0f, %d buckets): params %llu grads %llu state "
              "%llu master %llu comm %llu total %llu\n", label, size, psi, nb,
-             (unsigned long long)info.current[0][0],
-             (unsigned long long)info.current[1][0],
-             (unsigned long long)info.current[2][0],
-             (unsigned long long)info.current[3][0],
-             (unsigned long long)info.current[4][0],
+             (unsigned long long)info.current[0][here],
+             (unsigned long long)info.current[1][here],
+             (unsigned long long)info.current[2][here],
+             (unsigned long long)info.current[3][here],
+             (unsigned long long)info.current[4][here],
              (unsigned long long)total);
     if (stage == 3)
       check_report(&r, label);
@@ -872,7 +898,7 @@ static void misuse(void) {
   /* ranks configured with different stages */
   if (size >= 2) {
     tdm_options m = TDM_OPTIONS_INIT;
-    m.device = TDM_DEVICE_CPU;
+    m.device = run_device();
     m.zero_stage = rank == 0 ? 1 : 2;
     ctx = NULL;
     TH_OK(tdm_init_comm(MPI_COMM_WORLD, &m, &ctx));
@@ -985,6 +1011,8 @@ int main(int argc, char **argv) {
   thread_ok = provided == MPI_THREAD_MULTIPLE;
   const char *v = getenv("TDM_TEST_VERBOSE");
   verbose = v && *v && strcmp(v, "0") != 0;
+  const char *f = getenv("TANDEM_TEST_FAKE_GPU");
+  fake_gpu = f && strcmp(f, "1") == 0;
   double t0 = MPI_Wtime();
   for (int model = MODEL_MLP; model <= MODEL_DEEP; model++)
     for (int p = TDM_PRECISION_NO; p <= TDM_PRECISION_BF16; p++)
@@ -992,6 +1020,8 @@ int main(int argc, char **argv) {
         equivalence(model, p, accum);
   double t1 = MPI_Wtime();
   fp16_scaler();
+  if (fake_gpu)
+    offload_on_gpu();
   memory(TDM_PRECISION_NO);
   memory(TDM_PRECISION_BF16);
   estimates();

@@ -16,9 +16,10 @@
 #      enabled either not), NCCL taken from PyTorch's wheel when the system
 #      has none;
 #   3. make check at TDM_TEST_NP=1, TDM_TEST_PML=ob1 (one GPU: NCCL with one
-#      rank), and mpi-tests/u_cuda_kernels must have run, not skipped;
+#      rank), and mpi-tests/u_cuda_kernels, t_gpu_train (the engine on the
+#      GPU against the CPU) and u_device must have run, not skipped;
 #   4. compute-sanitizer --tool memcheck and --tool racecheck on
-#      mpi-tests/u_cuda_kernels (TDM_SANITIZE_TESTS), when it exists;
+#      mpi-tests/u_cuda_kernels and t_gpu_train (TDM_SANITIZE_TESTS), when built;
 #   5. bench/optim --check (and a timed run) with its GPU option, when
 #      `optim --help` shows one (--device cuda, --gpu or --cuda; or set
 #      TDM_OPTIM_GPU_ARGS);
@@ -30,7 +31,7 @@
 #
 # Settings: TDM_CUDA_DIR, TDM_NCCL_DIR (default: found), TDM_GPU_BUILD
 # (default _build/gpu), TDM_DEVICE_BUDGET (seconds), TDM_OPTIM_GPU_ARGS,
-# TDM_SANITIZE_TESTS (default u_cuda_kernels), TDM_SANITIZER_ARGS (extra
+# TDM_SANITIZE_TESTS (default u_cuda_kernels t_gpu_train), TDM_SANITIZER_ARGS (extra
 # compute-sanitizer options, e.g. --leak-check full).
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -204,13 +205,23 @@ if [ -e "$u" ]; then
 else
   skip "u_cuda_kernels (not built: no such test in this tree, or make check stopped first)"
 fi
+# The engine's device path on the GPU (NCCL with one rank): must have run.
+for tst in t_gpu_train u_device; do
+  r=$(sed -n 's/^:test-result: //p' "$b/mpi-tests/$tst.trs" 2>/dev/null | sort -u | paste -sd, -)
+  case $r in
+    PASS) pass "$tst ran on the GPU" ;;
+    *SKIP*) if [ "$gpus" -gt 0 ]; then fail "$tst skipped though a GPU is visible" "$b/mpi-tests/$tst.log"
+            else skip "$tst (no GPU visible)"; fi ;;
+    *) fail "$tst: ${r:-no result}" "$b/mpi-tests/$tst.log" ;;
+  esac
+done
 
 # ---- 4: compute-sanitizer ---------------------------------------------------------
 cs=$(command -v compute-sanitizer)
 for c in "$cuda/bin/compute-sanitizer" "$cuda/compute-sanitizer/compute-sanitizer"; do
   [ -z "$cs" ] && [ -x "$c" ] && cs=$c
 done
-for tst in ${TDM_SANITIZE_TESTS:-u_cuda_kernels}; do
+for tst in ${TDM_SANITIZE_TESTS:-u_cuda_kernels t_gpu_train}; do
   x=$b/mpi-tests/$tst
   if [ ! -e "$x" ]; then skip "compute-sanitizer on $tst (not built)"; continue; fi
   if [ "$gpus" = 0 ]; then skip "compute-sanitizer on $tst (no GPU visible)"; continue; fi

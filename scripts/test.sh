@@ -18,16 +18,17 @@ step() { # description, command... (one check)
   fi
 }
 
-suite() { # builddir label: make check, counting each test run
-  make -C "$1" check -j"$(nproc)" >"$log" 2>&1
+suite() { # builddir label [make arguments]: make check, counting each run
+  dir=$1 label=$2; shift 2
+  make -C "$dir" check -j"$(nproc)" "$@" >"$log" 2>&1
   rc=$?
-  s=$1/test-suite.log
+  s=$dir/test-suite.log
   p=$(awk '/^# PASS:/ {print $3}' "$s" 2>/dev/null); p=${p:-0}
   f=$(awk '/^# (FAIL|ERROR|XPASS):/ {n += $3} END {print n + 0}' "$s" 2>/dev/null)
   k=$(awk '/^# SKIP:/ {print $3}' "$s" 2>/dev/null); k=${k:-0}
   [ "$rc" != 0 ] && [ "$f" = 0 ] && f=1 # the suite did not even run
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + k))
-  echo "make check ($2): $p passed, $f failed, $k skipped"
+  echo "make check ($label): $p passed, $f failed, $k skipped"
   [ "$f" = 0 ] || { grep -E '^(FAIL|ERROR)' "$log"; sed -n '/^FAIL:/,/^[A-Z]*:/p' "$s" | head -60; }
 }
 
@@ -87,12 +88,21 @@ done
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
 suite "$b/nocuda" "without CUDA"
+# The engine's device path on the fake GPU (host memory behind the device
+# layer), through staged copies here and MPI on "device" pointers below.
+gpu_tests="TESTS=mpi-tests/t_engine mpi-tests/t_optim mpi-tests/t_precision mpi-tests/t_zero mpi-tests/t_gpu_train"
+export TANDEM_TEST_FAKE_GPU=1 TANDEM_GPU_COLLECTIVES=staged
+suite "$b/nocuda" "fake GPU, staged collectives" "$gpu_tests"
+unset TANDEM_TEST_FAKE_GPU TANDEM_GPU_COLLECTIVES
 
 # 3. AddressSanitizer + UndefinedBehaviorSanitizer, leaks included (the
 #    test runner suppresses MPI's own; see mpi-tests/lsan.supp).
 step "build --enable-sanitizers" \
   "$top/scripts/build.sh" "$b/asan" --without-cuda --enable-sanitizers
 suite "$b/asan" "ASan+UBSan"
+export TANDEM_TEST_FAKE_GPU=1 TANDEM_GPU_COLLECTIVES=mpi
+suite "$b/asan" "ASan+UBSan, fake GPU, MPI collectives" "$gpu_tests"
+unset TANDEM_TEST_FAKE_GPU TANDEM_GPU_COLLECTIVES
 
 # 4. The release tarball builds and passes its own tests.
 step "make distcheck" make -C "$b/nocuda" distcheck

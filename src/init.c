@@ -55,7 +55,7 @@ static tdm_status choose_device(tdm_context *ctx) {
     kind = ndevices > 0 ? TDM_DEVICE_CUDA : TDM_DEVICE_CPU;
   int index = 0;
 #ifndef HAVE_CUDA
-  if (kind == TDM_DEVICE_CUDA)
+  if (kind == TDM_DEVICE_CUDA && !tdmi_device_fake()) /* tests: fake GPU */
     return tdmi_error(TDM_ERR_NOT_SUPPORTED,
                       "device cuda was requested, but this tandem was built "
                       "without CUDA");
@@ -111,7 +111,9 @@ static void log_start(const tdm_context *ctx) {
 /* On GPUs with NCCL: the world's NCCL communicator, bootstrapped over
  * ctx's MPI communicator (every rank on its own device).  Collective. */
 static tdm_status join_nccl(tdm_context *ctx) {
-  int want = ctx->device_kind == TDM_DEVICE_CUDA && tdmi_nccl_version() > 0;
+  /* A fake GPU (tests) has host memory: NCCL cannot run on it. */
+  int want = ctx->device_kind == TDM_DEVICE_CUDA &&
+             tdmi_nccl_version() > 0 && !tdmi_device_fake();
   tdmi_nccl *n = NULL;
   tdm_status st = tdmi_nccl_create_if_all(ctx->comm, want,
                                           NCCL_INIT_TIMEOUT_S, &n);

@@ -31,7 +31,11 @@ int main(int argc, char **argv) {
   tdm_engine *engine;
   tdm_optimizer *opt;
   mlp_model model;
-  TRY(tdm_init(&argc, &argv, NULL, &ctx));
+  /* This model's math is plain C on the host: its buffers stay there even
+   * where a GPU is visible (a CUDA model would leave device unset). */
+  tdm_options init = TDM_OPTIONS_INIT;
+  init.device = TDM_DEVICE_CPU;
+  TRY(tdm_init(&argc, &argv, &init, &ctx));
   int steps = argc > 1 ? atoi(argv[1]) : 300, rank, size, accum;
   TRY(tdm_get_rank(ctx, &rank));
   TRY(tdm_get_world_size(ctx, &size));

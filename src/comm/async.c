@@ -3,7 +3,12 @@
  * The engine sees requests, never MPI calls. */
 #include <limits.h>
 
+#include "config.h"
 #include "comm.h"
+
+#ifdef HAVE_MPI_EXT_H
+#include <mpi-ext.h> /* Open MPI's extensions; needs mpi.h first */
+#endif
 
 #define BCAST_CHUNK ((size_t)1 << 30) /* bytes per MPI_Bcast (< INT_MAX) */
 
@@ -24,6 +29,16 @@ int tdmi_thread_multiple(void) {
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   return level == MPI_THREAD_MULTIPLE;
+}
+
+int tdmi_mpi_cuda_aware(void) {
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+  /* The macro only says how Open MPI was built; whether CUDA support is
+   * usable (its accelerator component loaded) is known at run time. */
+  return MPIX_Query_cuda_support() == 1;
+#else
+  return 0; /* no way to ask: assume host pointers only */
+#endif
 }
 
 static int is_half(tdm_dtype dtype) {

@@ -128,6 +128,47 @@ tdm_status tdmi_nccl_create_if_all(MPI_Comm comm, int want, double timeout_s,
  * progress are done, an error, or timeout_s; on error or timeout aborts
  * it (TDM_ERR_NCCL naming what, the rank and the timeout). */
 tdm_status tdmi_nccl_poll(tdmi_nccl *n, double timeout_s, const char *what);
+/* This rank and the number of ranks of n; -1 for NULL (always, without
+ * NCCL). */
+/* Non-blocking: TDM_ERR_NCCL (and the communicator aborted) when NCCL
+ * reports an asynchronous error, naming what and the rank. */
+tdm_status tdmi_nccl_check(tdmi_nccl *n, const char *what);
+/* Aborts the communicator after waiting waited_s seconds for it:
+ * TDM_ERR_NCCL naming what, the rank and the wait. */
+tdm_status tdmi_nccl_abort(tdmi_nccl *n, const char *what, double waited_s);
+int tdmi_nccl_rank(const tdmi_nccl *n);
+int tdmi_nccl_size(const tdmi_nccl *n);
+
+/*
+ * In-place collectives on device buffers, queued on stream (a cudaStream_t
+ * passed as void *, so that comm needs no device header; NULL is the
+ * default stream).  They return once the work is queued, never waiting for
+ * it: the caller orders later work on stream or synchronizes it.  Every
+ * rank of n must make the same calls in the same order.  A count of 0
+ * succeeds doing nothing.  Errors: TDM_ERR_INVALID_ARGUMENT naming the
+ * argument; TDM_ERR_NCCL with NCCL's sentence, after which a communicator
+ * NCCL left broken has been aborted (later calls fail at once);
+ * TDM_ERR_NOT_SUPPORTED without NCCL.
+ */
+/* Sum of count elements (f32, f64, f16, bf16) over n, in buf. */
+tdm_status tdmi_nccl_sum(tdmi_nccl *n, void *buf, size_t count,
+                         tdm_dtype dtype, void *stream);
+/* buf holds size * chunk elements; the sum of this rank's chunk lands at
+ * buf + rank * chunk (NCCL's in-place rule) -- unlike tdmi_ireduce_scatter,
+ * whose result is at buf[0, chunk).  The other chunks are left undefined. */
+tdm_status tdmi_nccl_reduce_scatter(tdmi_nccl *n, void *buf, size_t chunk,
+                                    tdm_dtype dtype, void *stream);
+/* All-gather of bytes per rank into recv (size * bytes), in place from
+ * recv + rank * bytes, as tdmi_allgather_bytes with send NULL. */
+tdm_status tdmi_nccl_allgather_bytes(tdmi_nccl *n, void *recv, size_t bytes,
+                                     void *stream);
+/* Broadcast of bytes of buf from root. */
+tdm_status tdmi_nccl_bcast_bytes(tdmi_nccl *n, void *buf, size_t bytes,
+                                 int root, void *stream);
+/* 1 when MPI itself takes device pointers (a CUDA-aware Open MPI, asked
+ * through mpi-ext.h at run time), else 0.  After MPI_Init; prints nothing.
+ * (async.c) */
+int tdmi_mpi_cuda_aware(void);
 
 /* Runs a local argument check unless an earlier one already failed: the
  * first failure is kept so it can take part in tdmi_coll_enter. */

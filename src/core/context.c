@@ -226,7 +226,8 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
                       c->zero_stage,
                       c->offload,
                       c->zero3_prefetch_bytes,
-                      c->zero3_persistence_threshold};
+                      c->zero3_persistence_threshold,
+                      c->gpu_collectives};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

@@ -54,6 +54,7 @@ typedef struct {
   int offload;       /* tdm_offload */
   int zero3_prefetch_bytes;
   int zero3_persistence_threshold; /* elements */
+  int gpu_collectives; /* tdm_gpu_collectives */
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */

@@ -53,6 +53,8 @@ ENUM_NAMES(reduce_names, "f32, bf16 or f16", "f32", NULL, "f16", "bf16");
 ENUM_NAMES(isa_names, "auto, generic, avx2 or avx512", "auto", "generic",
            "avx2", "avx512");
 ENUM_NAMES(stage_names, "0, 1, 2 or 3", "0", "1", "2", "3");
+ENUM_NAMES(gpu_coll_names, "auto, nccl, mpi or staged", "auto", "nccl",
+           "mpi", "staged");
 ENUM_NAMES(offload_names, "none, optimizer or params", "none", "optimizer",
            "params");
 
@@ -98,6 +100,9 @@ static const setting settings[] = {
     {"zero3_persistence_threshold", "TANDEM_ZERO3_PERSISTENCE_THRESHOLD",
      KIND_INDEX, offsetof(tdmi_config, zero3_persistence_threshold),
      API_FIELD(zero3_persistence_threshold), NULL},
+    {"gpu_collectives", "TANDEM_GPU_COLLECTIVES", KIND_ENUM,
+     offsetof(tdmi_config, gpu_collectives), API_FIELD(gpu_collectives),
+     &gpu_coll_names},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -318,7 +323,8 @@ tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
   tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET,
                      25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO,
                      TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO,
-                     0, TDM_OFFLOAD_NONE, 50 << 20, 100000};
+                     0, TDM_OFFLOAD_NONE, 50 << 20, 100000,
+                     TDM_GPU_COLLECTIVES_AUTO};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);

@@ -9,6 +9,13 @@
  * driver or GPU is present. */
 int tdmi_device_count(void);
 
+/* A fake GPU for the test suite: with TANDEM_TEST_FAKE_GPU=1 in the
+ * environment and no real GPU visible, the device layer shows one device
+ * whose memory is host memory (tdmi_mem_is_device still tells it apart),
+ * whose streams run at once and whose kernels are the CPU's; NCCL is not
+ * available on it.  It lets the device path of the engine run in CI. */
+int tdmi_device_fake(void);
+
 /* Makes device index current for the calling thread. */
 tdm_status tdmi_device_activate(tdm_device_kind kind, int index);
 
@@ -33,6 +40,10 @@ int tdmi_mem_is_device(const void *p);
 typedef struct tdmi_stream tdmi_stream;
 typedef struct tdmi_event tdmi_event;
 tdm_status tdmi_stream_create(int on_device, tdmi_stream **out);
+/* Wraps the device's legacy default stream (cudaStream_t 0, where a
+ * user's kernels run unless told otherwise), or makes a host stream;
+ * tdmi_stream_destroy frees the wrapper and leaves the stream to CUDA. */
+tdm_status tdmi_stream_default(int on_device, tdmi_stream **out);
 void tdmi_stream_destroy(tdmi_stream *s);
 /* The cudaStream_t (NULL for a host stream), for kernels and NCCL. */
 void *tdmi_stream_handle(const tdmi_stream *s);

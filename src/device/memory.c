@@ -1,7 +1,11 @@
 /* memory.c - memory, streams, events and copies of the device layer.
  * With CUDA: device memory, pinned host memory, CUDA streams and events.
  * Without CUDA, or for host memory: aligned host allocations, and streams
- * that run every copy at once (a CPU "stream" is already in order). */
+ * that run every copy at once (a CPU "stream" is already in order).
+ * The fake GPU (tdmi_device_fake) is host memory and host streams, its
+ * device blocks remembered so that tdmi_mem_is_device knows them. */
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,10 +34,102 @@ static tdm_status host_alloc(size_t bytes, void **out) {
                            "bytes", bytes);
 }
 
-/* Pinned memory serves copies to a GPU; without one it is host memory. */
+/* ---- the fake GPU's device memory ---- */
+
+/* Fake device blocks [base, end), sorted by base, so that interior
+ * pointers are found by binary search; the engine asks per collective. */
+typedef struct {
+  uintptr_t base, end;
+} fake_block;
+
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
+static fake_block *fake_blocks;
+static size_t fake_n, fake_cap;
+
+/* Index of the first block whose base is above p (fake_lock held). */
+static size_t fake_upper(uintptr_t p) {
+  size_t lo = 0, hi = fake_n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (fake_blocks[mid].base <= p)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Remembers [p, p + bytes); a zero-byte block still owns its base. */
+static int fake_remember(void *p, size_t bytes) {
+  int ok = 1;
+  pthread_mutex_lock(&fake_lock);
+  if (fake_n == fake_cap) {
+    size_t cap = fake_cap ? 2 * fake_cap : 64;
+    fake_block *b = realloc(fake_blocks, cap * sizeof *b);
+    if (b) {
+      fake_blocks = b;
+      fake_cap = cap;
+    }
+    ok = b != NULL;
+  }
+  if (ok) {
+    size_t i = fake_upper((uintptr_t)p);
+    memmove(fake_blocks + i + 1, fake_blocks + i,
+            (fake_n - i) * sizeof *fake_blocks);
+    fake_blocks[i] = (fake_block){(uintptr_t)p,
+                                  (uintptr_t)p + (bytes ? bytes : 1)};
+    fake_n++;
+  }
+  pthread_mutex_unlock(&fake_lock);
+  return ok;
+}
+
+static void fake_forget(void *p) {
+  pthread_mutex_lock(&fake_lock);
+  size_t i = fake_upper((uintptr_t)p);
+  if (i > 0 && fake_blocks[i - 1].base == (uintptr_t)p) {
+    memmove(fake_blocks + i - 1, fake_blocks + i,
+            (fake_n - i) * sizeof *fake_blocks);
+    fake_n--;
+  }
+  if (fake_n == 0) { /* nothing left: give the table back */
+    free(fake_blocks);
+    fake_blocks = NULL;
+    fake_cap = 0;
+  }
+  pthread_mutex_unlock(&fake_lock);
+}
+
+static int fake_contains(const void *p) {
+  pthread_mutex_lock(&fake_lock);
+  size_t i = fake_upper((uintptr_t)p);
+  int in = i > 0 && (uintptr_t)p < fake_blocks[i - 1].end;
+  pthread_mutex_unlock(&fake_lock);
+  return in;
+}
+
+static tdm_status fake_alloc(size_t bytes, void **out) {
+  tdm_status st = host_alloc(bytes, out);
+  if (st != TDM_SUCCESS)
+    return st;
+  if (!fake_remember(*out, bytes)) {
+    free(*out);
+    *out = NULL;
+    return tdmi_error(TDM_ERR_NO_MEMORY, "fake GPU: out of host memory "
+                      "for the table of device blocks");
+  }
+  return TDM_SUCCESS;
+}
+
+/* ---- allocation ---- */
+
+/* Pinned memory serves copies to a GPU; without one, or on the fake GPU,
+ * it is host memory. */
 static tdmi_mem_kind effective(tdmi_mem_kind kind) {
-  return kind == TDMI_MEM_PINNED && tdmi_device_count() == 0 ? TDMI_MEM_HOST
-                                                             : kind;
+  if (kind == TDMI_MEM_PINNED &&
+      (tdmi_device_fake() || tdmi_device_count() == 0))
+    return TDMI_MEM_HOST;
+  return kind;
 }
 
 tdm_status tdmi_mem_alloc(tdmi_mem_kind kind, size_t bytes, void **out) {
@@ -41,6 +137,8 @@ tdm_status tdmi_mem_alloc(tdmi_mem_kind kind, size_t bytes, void **out) {
   kind = effective(kind);
   if (kind == TDMI_MEM_HOST)
     return host_alloc(bytes, out);
+  if (tdmi_device_fake()) /* device memory, as pinned went to host above */
+    return fake_alloc(bytes, out);
 #ifdef HAVE_CUDA
   cudaError_t err = kind == TDMI_MEM_DEVICE ? cudaMalloc(out, bytes)
                                             : cudaMallocHost(out, bytes);
@@ -60,6 +158,11 @@ void tdmi_mem_free(tdmi_mem_kind kind, void *p) {
   if (!p)
     return;
   kind = effective(kind);
+  if (kind == TDMI_MEM_DEVICE && tdmi_device_fake()) {
+    fake_forget(p);
+    free(p);
+    return;
+  }
 #ifdef HAVE_CUDA
   if (kind == TDMI_MEM_DEVICE) {
     cudaFree(p);
@@ -75,6 +178,8 @@ void tdmi_mem_free(tdmi_mem_kind kind, void *p) {
 }
 
 int tdmi_mem_is_device(const void *p) {
+  if (tdmi_device_fake())
+    return p && fake_contains(p);
 #ifdef HAVE_CUDA
   struct cudaPointerAttributes a;
   if (!p || cudaPointerGetAttributes(&a, p) != cudaSuccess) {
@@ -92,9 +197,9 @@ int tdmi_mem_is_device(const void *p) {
 
 struct tdmi_stream {
 #ifdef HAVE_CUDA
-  cudaStream_t cuda; /* NULL for a host stream */
+  cudaStream_t cuda; /* NULL: a host stream, or the default stream */
 #endif
-  int on_device;
+  int on_device;     /* a CUDA stream (never on the fake GPU) */
 };
 
 struct tdmi_event {
@@ -108,6 +213,8 @@ tdm_status tdmi_stream_create(int on_device, tdmi_stream **out) {
   tdmi_stream *s = calloc(1, sizeof *s);
   if (!s)
     return tdmi_error(TDM_ERR_NO_MEMORY, "stream: out of memory");
+  /* the fake GPU's streams are host streams: they run at once */
+  on_device = on_device && !tdmi_device_fake();
   s->on_device = on_device;
 #ifdef HAVE_CUDA
   cudaError_t err = on_device ? cudaStreamCreateWithFlags(
@@ -128,11 +235,31 @@ tdm_status tdmi_stream_create(int on_device, tdmi_stream **out) {
   return TDM_SUCCESS;
 }
 
+/* The default stream belongs to CUDA: its wrapper holds no handle (NULL)
+ * and only the wrapper goes; user kernels keep running on it. */
+tdm_status tdmi_stream_default(int on_device, tdmi_stream **out) {
+  on_device = on_device && !tdmi_device_fake();
+#ifdef HAVE_CUDA
+  if (on_device && tdmi_device_count() == 0)
+    return tdmi_error(TDM_ERR_DEVICE, "default stream: no GPU is visible");
+#else
+  if (on_device)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED, "device stream: this tandem "
+                      "was built without CUDA");
+#endif
+  tdmi_stream *s = calloc(1, sizeof *s);
+  if (!s)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "stream: out of memory");
+  s->on_device = on_device; /* s->cuda NULL: the legacy default stream */
+  *out = s;
+  return TDM_SUCCESS;
+}
+
 void tdmi_stream_destroy(tdmi_stream *s) {
   if (!s)
     return;
 #ifdef HAVE_CUDA
-  if (s->cuda)
+  if (s->cuda) /* NULL for the default stream, which is not ours */
     cudaStreamDestroy(s->cuda);
 #endif
   free(s);
@@ -180,6 +307,8 @@ tdm_status tdmi_event_create(int on_device, tdmi_event **out) {
   tdmi_event *ev = calloc(1, sizeof *ev);
   if (!ev)
     return tdmi_error(TDM_ERR_NO_MEMORY, "event: out of memory");
+  /* the fake GPU's events mark host streams: done at once */
+  on_device = on_device && !tdmi_device_fake();
   ev->on_device = on_device;
 #ifdef HAVE_CUDA
   cudaError_t err = on_device ? cudaEventCreateWithFlags(

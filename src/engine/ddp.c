@@ -20,18 +20,16 @@ static void count_traffic(tdm_engine *e, const tdmi_bucket *b) {
 
 static tdm_status ddp_launch(tdm_engine *e, tdmi_bucket *b) {
   count_traffic(e, b);
-  return tdmi_isum(e->comm, bucket_grad(e, b), b->count, b->grad_dtype,
-                   bucket_op(e, b), &b->request);
+  return tdmi_xfer_sum(e, &e->reduce_ch, &b->reduce, bucket_grad(e, b),
+                       b->count, b->grad_dtype, bucket_op(e, b));
 }
 
 tdm_status tdmi_bucket_test(tdm_engine *e, tdmi_bucket *b, int *done) {
-  (void)e;
-  return tdmi_test(&b->request, done);
+  return tdmi_xfer_test(e, &b->reduce, done);
 }
 
 tdm_status tdmi_bucket_wait(tdm_engine *e, tdmi_bucket *b) {
-  (void)e;
-  return tdmi_wait(&b->request);
+  return tdmi_xfer_wait(e, &b->reduce);
 }
 
 static tdm_status ddp_reduce(tdm_engine *e, tdmi_bucket *b) {

@@ -8,7 +8,7 @@
 #include <pthread.h>
 
 #include "../comm/comm.h"
-#include "../device/kernels.h"
+#include "../device/ops.h"
 
 #define TDMI_MAX_NDIM 8
 #define TDMI_ALIGN 64       /* bytes: buffers start on a cache line      */
@@ -36,6 +36,37 @@ typedef struct {
   int bucket_first, nbuckets; /* stage 3: its buckets, consecutive */
 } tdmi_module;
 
+/* How the engine's collectives move bytes (transport.c): MPI on host
+ * memory; on a device NCCL on a communication stream, MPI on device
+ * pointers (CUDA-aware), or MPI on pinned host copies. */
+typedef enum {
+  TDMI_XPORT_HOST,
+  TDMI_XPORT_NCCL,
+  TDMI_XPORT_MPI,
+  TDMI_XPORT_STAGED
+} tdmi_xport;
+
+/* A channel: one ordered sequence of collectives (the gradient
+ * reductions, or the ZeRO-3 gathers), with its own communicators and
+ * stream so that the two never depend on each other's order. */
+typedef struct {
+  MPI_Comm comm;
+  tdmi_nccl *nccl;      /* NCCL: its communicator              */
+  tdmi_stream *stream;  /* NCCL: the communication stream      */
+  tdmi_event *watch;    /* NCCL: marks what the host waits for */
+} tdmi_channel;
+
+/* One collective in flight on a channel. */
+typedef struct {
+  int active;           /* started, not yet finished (test or wait)    */
+  MPI_Request request;  /* MPI and staged                              */
+  tdmi_event *done;     /* NCCL: recorded on the channel's stream after */
+  void *host;           /* staged: pinned copy of the buffer            */
+  size_t host_bytes;    /* staged: its size                             */
+  void *device;         /* staged: where the result goes back, or NULL  */
+  size_t back_bytes;    /* staged: how many bytes go back               */
+} tdmi_xfer;
+
 typedef struct {
   tdm_dtype dtype;  /* of its parameters (the flat buffers' index)      */
   tdm_dtype grad_dtype;
@@ -49,11 +80,11 @@ typedef struct {
   int nparams;
   int pending;    /* parameters not yet ready in this micro-step */
   tdm_bucket_state state;
-  MPI_Request request;
+  tdmi_xfer reduce;   /* its gradient collective */
   void *staging;  /* ZeRO-2/3: this micro-step's gradients, or NULL */
   /* ZeRO-3: the module's gathered compute values */
   void *gathered;       /* NULL when not gathered                       */
-  MPI_Request gather;   /* the gather in flight, or MPI_REQUEST_NULL    */
+  tdmi_xfer gather;     /* its gather                                   */
   int fetched;          /* between tdm_fetch_module and release         */
   int prefetched;       /* gathered ahead, not yet fetched              */
   int persistent;       /* stays gathered                               */
@@ -121,7 +152,7 @@ extern const tdmi_strategy tdmi_strategy_zero;
 struct tdm_engine {
   tdm_context *ctx;
   MPI_Comm comm; /* private duplicate of ctx->comm (same ranks): gradient
-                    traffic never meets user calls */
+                    traffic never meets user calls (reduce_ch.comm) */
   int prepared;
   const tdmi_strategy *strategy;
 
@@ -141,14 +172,15 @@ struct tdm_engine {
   tdm_precision precision;
   tdm_dtype reduce_dtype; /* gradients of f32 parameters */
   MPI_Op reduce_op;       /* sums reduce_dtype */
-  tdmi_kernels kernels;   /* CPU kernels of this engine and its optimizer */
+  tdmi_ops ops;           /* where buffers live and the kernels on them */
+  tdmi_xport xport;       /* how collectives move device buffers        */
+  tdmi_channel reduce_ch; /* gradient reductions and parameter gathers  */
+  tdmi_channel gather_ch; /* ZeRO-3 module gathers                      */
   double loss_scale;      /* fp16 dynamic scale, set by the optimizer */
   int stage;              /* ZeRO stage 0..3 */
   tdm_offload offload;
   size_t prefetch_bytes;  /* ZeRO-3 */
   size_t persist_numel;   /* ZeRO-3 */
-  MPI_Comm gather_comm;   /* ZeRO-3: gathers, apart from the buckets'
-                             reductions, so each has one order        */
   int last_fetch, fetch_dir; /* ZeRO-3: the prefetch follows fetches  */
   tdmi_memory mem;
 
@@ -193,6 +225,13 @@ void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
                         size_t count, tdm_dtype dtype);
 void tdmi_engine_free(tdm_engine *e, tdm_memory_category category, void *p,
                       size_t count, tdm_dtype dtype);
+/* The same in memory of a given kind (pinned staging, offload). */
+void *tdmi_engine_alloc_in(tdm_engine *e, tdmi_mem_kind kind,
+                           tdm_memory_category category, size_t count,
+                           tdm_dtype dtype);
+void tdmi_engine_free_in(tdm_engine *e, tdmi_mem_kind kind,
+                         tdm_memory_category category, void *p, size_t count,
+                         tdm_dtype dtype);
 void tdmi_mem_init(tdmi_memory *m);
 void tdmi_mem_destroy(tdmi_memory *m);
 /* ZeRO-3 gathered bytes (delta may be negative) and collective traffic. */
@@ -212,6 +251,33 @@ tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
                                const char *what);
 /* ZeRO (zero.c): after an update, every rank's chunks to all. */
 tdm_status tdmi_zero_gather_params(tdm_engine *e);
+
+/* Collectives on engine buffers (transport.c).  Each starts one
+ * collective on channel ch into x; test and wait finish it (wait leaves
+ * later work on the compute stream ordered after it, without blocking the
+ * host where NCCL runs it). */
+tdm_status tdmi_xport_open(tdm_engine *e);
+void tdmi_xport_close(tdm_engine *e);
+void tdmi_xfer_init(tdmi_xfer *x);
+void tdmi_xfer_free(tdm_engine *e, tdmi_xfer *x);
+/* In-place sum of count elements of dtype; op from tdmi_sum_op_create. */
+tdm_status tdmi_xfer_sum(tdm_engine *e, tdmi_channel *ch, tdmi_xfer *x,
+                         void *buf, size_t count, tdm_dtype dtype, MPI_Op op);
+/* In-place reduce-scatter of size * chunk elements: this rank's sum lands
+ * at buf + tdmi_xfer_rs_offset(e, chunk) elements. */
+tdm_status tdmi_xfer_reduce_scatter(tdm_engine *e, tdmi_channel *ch,
+                                    tdmi_xfer *x, void *buf, size_t chunk,
+                                    tdm_dtype dtype, MPI_Op op);
+size_t tdmi_xfer_rs_offset(const tdm_engine *e, size_t chunk);
+/* In-place all-gather of bytes per rank from recv + rank * bytes. */
+tdm_status tdmi_xfer_allgather(tdm_engine *e, tdmi_channel *ch,
+                               tdmi_xfer *x, void *recv, size_t bytes);
+tdm_status tdmi_xfer_test(tdm_engine *e, tdmi_xfer *x, int *done);
+tdm_status tdmi_xfer_wait(tdm_engine *e, tdmi_xfer *x);
+/* NCCL: blocks until the reductions queued so far have finished, watching
+ * for NCCL errors and a peer that never arrives (then aborts: TDM_ERR_NCCL
+ * naming what).  Other transports have finished already. */
+tdm_status tdmi_xport_watch(tdm_engine *e, const char *what);
 
 /* Buckets (stream.c). */
 tdm_status tdmi_stream_start(tdm_engine *e); /* thread mode: the thread */

@@ -39,12 +39,15 @@ static tdm_status start_gather(tdm_engine *e, tdmi_bucket *b) {
   size_t bytes = b->chunk * tdmi_dtype_size(cd);
   uint64_t n = (uint64_t)e->ctx->size;
   tdmi_mem_traffic(e, (uint64_t)gathered_bytes(e, b) * (n - 1) / n);
-  return tdmi_iallgather_bytes(e->gather_comm, shard_source(e, b),
-                               b->gathered, bytes, &b->gather);
+  /* In place: every transport gathers that way. */
+  char *slot = (char *)b->gathered + (size_t)e->ctx->rank * bytes;
+  TDMI_TRY(tdmi_ops_copy(&e->ops, slot, shard_source(e, b), bytes));
+  return tdmi_xfer_allgather(e, &e->gather_ch, &b->gather, b->gathered,
+                             bytes);
 }
 
-static tdm_status finish_gather(tdmi_bucket *b) {
-  return b->gather == MPI_REQUEST_NULL ? TDM_SUCCESS : tdmi_wait(&b->gather);
+static tdm_status finish_gather(tdm_engine *e, tdmi_bucket *b) {
+  return tdmi_xfer_wait(e, &b->gather);
 }
 
 static void drop_gathered(tdm_engine *e, tdmi_bucket *b) {
@@ -125,7 +128,7 @@ tdm_status tdm_fetch_module(tdm_engine *e, int module) {
     tdmi_bucket *bk = &e->buckets[b];
     if (!bk->gathered)
       TDMI_TRY(start_gather(e, bk));
-    TDMI_TRY(finish_gather(bk));
+    TDMI_TRY(finish_gather(e, bk));
     bk->fetched = 1;
     bk->prefetched = 0;
   }
@@ -155,13 +158,13 @@ tdm_status tdm_release_module(tdm_engine *e, int module) {
 tdm_status tdmi_fetch_regather(tdm_engine *e) {
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];
-    TDMI_TRY(finish_gather(bk));
+    TDMI_TRY(finish_gather(e, bk));
     if (bk->prefetched)
       drop_gathered(e, bk);
     if (!bk->gathered)
       continue;
     TDMI_TRY(start_gather(e, bk));
-    TDMI_TRY(finish_gather(bk));
+    TDMI_TRY(finish_gather(e, bk));
   }
   e->last_fetch = -1;
   e->fetch_dir = 1; /* the next step starts with forward */
@@ -171,7 +174,7 @@ tdm_status tdmi_fetch_regather(tdm_engine *e) {
 void tdmi_fetch_free(tdm_engine *e) {
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];
-    finish_gather(bk);
+    finish_gather(e, bk);
     bk->persistent = 0;
     drop_gathered(e, bk);
   }

@@ -88,7 +88,8 @@ static int assign(tdm_engine *e) {
       b->first = align_up(f->count);
       b->order_first = k;
       b->module = e->stage == 3 ? p->module : -1;
-      b->request = b->gather = MPI_REQUEST_NULL;
+      tdmi_xfer_init(&b->reduce);
+      tdmi_xfer_init(&b->gather);
       if (e->stage == 3 && e->modules[p->module].nbuckets++ == 0)
         e->modules[p->module].bucket_first = nb - 1;
     }
@@ -170,12 +171,10 @@ static tdm_status keep_gathered(tdm_engine *e, tdmi_bucket *b,
   b->gathered = tdmi_engine_alloc(e, TDM_MEM_PARAMS, b->count, cd);
   if (!b->gathered)
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
-  if (f->copied)
-    tdmi_kernel_convert(&e->kernels, b->dtype, values, cd, b->gathered,
-                        b->count);
-  else
-    memcpy(b->gathered, values, b->count * tdmi_dtype_size(cd));
-  return TDM_SUCCESS;
+  return f->copied ? tdmi_ops_convert(&e->ops, b->dtype, values, cd,
+                                      b->gathered, b->count)
+                   : tdmi_ops_copy(&e->ops, b->gathered, values,
+                                   b->count * tdmi_dtype_size(cd));
 }
 
 /* Copies the full values of bucket b (rank 0's, already broadcast) into
@@ -186,31 +185,27 @@ static tdm_status distribute(tdm_engine *e, tdmi_bucket *b,
   size_t esize = tdmi_dtype_size(b->dtype);
   size_t csize = tdmi_dtype_size(f->copy_dtype);
   const char *mine = values + (size_t)e->ctx->rank * b->chunk * esize;
+  tdmi_ops *o = &e->ops;
   if (f->copy)
-    tdmi_kernel_convert(&e->kernels, b->dtype, values, f->copy_dtype,
-                        (char *)f->copy + b->first * csize, b->count);
+    TDMI_TRY(tdmi_ops_convert(o, b->dtype, values, f->copy_dtype,
+                              (char *)f->copy + b->first * csize, b->count));
   if (f->master)
-    memcpy((char *)f->master + b->shard_first * esize, mine, b->chunk * esize);
+    TDMI_TRY(tdmi_ops_copy(o, (char *)f->master + b->shard_first * esize,
+                           mine, b->chunk * esize));
   if (f->shard_copy)
-    tdmi_kernel_convert(&e->kernels, b->dtype, mine, f->copy_dtype,
-                        (char *)f->shard_copy + b->shard_first * csize,
-                        b->chunk);
+    TDMI_TRY(tdmi_ops_convert(o, b->dtype, mine, f->copy_dtype,
+                              (char *)f->shard_copy + b->shard_first * csize,
+                              b->chunk));
   if (e->stage == 3 && module_numel(e, b->module) < e->persist_numel)
     return keep_gathered(e, b, values);
   return TDM_SUCCESS;
 }
 
-/* Bucket b's values: registered values, broadcast from rank 0, then
- * distributed.  Where full values are kept they are filled in place;
- * otherwise a bucket-sized scratch is used, so no rank ever holds the
- * whole model at once. */
-static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
-  tdmi_flat *f = &e->flat[b->dtype];
+/* Rank 0's registered values of bucket b, on every rank, in host memory
+ * (zero where none were given). */
+static tdm_status bucket_values(tdm_engine *e, const tdmi_bucket *b,
+                                char *values) {
   size_t esize = tdmi_dtype_size(b->dtype);
-  char *values = f->data ? (char *)f->data + b->first * esize
-                         : aligned_alloc(TDMI_ALIGN, b->count * esize);
-  if (!values)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
   memset(values, 0, b->count * esize);
   for (int k = b->order_first; k < b->order_first + b->nparams; k++) {
     tdmi_param *p = &e->params[e->order[k]];
@@ -218,11 +213,43 @@ static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
       memcpy(values + (p->first - b->first) * esize, p->initial,
              p->numel * esize);
   }
-  tdm_status st = tdmi_bcast_bytes(e->comm, values, b->count * esize, 0);
+  return tdmi_bcast_bytes(e->comm, values, b->count * esize, 0);
+}
+
+/* Bucket b's values: registered values, broadcast from rank 0, then
+ * distributed.  Where full values are kept they are filled in place;
+ * otherwise a bucket-sized scratch is used, so no rank ever holds the
+ * whole model at once.  On a device the values cross once, then are
+ * distributed there. */
+static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
+  tdmi_flat *f = &e->flat[b->dtype];
+  size_t bytes = b->count * tdmi_dtype_size(b->dtype);
+  char *full = f->data ? (char *)f->data + b->first * tdmi_dtype_size(b->dtype)
+                       : NULL;
+  tdmi_mem_kind kind = tdmi_ops_compute_mem(&e->ops);
+  int device = kind == TDMI_MEM_DEVICE;
+  char *host = device || !full ? aligned_alloc(TDMI_ALIGN, bytes + TDMI_ALIGN)
+                               : full;
+  char *values = full, *scratch = NULL;
+  tdm_status st = host ? TDM_SUCCESS
+                       : tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of "
+                                    "memory for %zu bytes", bytes);
+  if (st == TDM_SUCCESS && !full)
+    st = device ? tdmi_ops_alloc(&e->ops, kind, bytes, (void **)&scratch)
+                : TDM_SUCCESS;
+  if (!full)
+    values = device ? scratch : host;
+  if (st == TDM_SUCCESS)
+    st = bucket_values(e, b, host);
+  if (st == TDM_SUCCESS && values != host)
+    st = tdmi_ops_copy(&e->ops, values, host, bytes);
   if (st == TDM_SUCCESS)
     st = distribute(e, b, values);
-  if (!f->data)
-    free(values);
+  if (st == TDM_SUCCESS) /* the copies read host before it goes */
+    st = tdmi_ops_synchronize(&e->ops);
+  if (host != full)
+    free(host);
+  tdmi_ops_free(&e->ops, kind, scratch);
   return st;
 }
 
@@ -254,6 +281,8 @@ void tdmi_layout_free(tdm_engine *e) {
   }
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];
+    tdmi_xfer_free(e, &bk->reduce);
+    tdmi_xfer_free(e, &bk->gather);
     tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, bk->staging, bk->count,
                      bk->grad_dtype);
     bk->staging = NULL;

@@ -9,11 +9,14 @@
 
 #include "engine.h"
 
-/* Everything is host memory until the CUDA device layer allocates device
- * buffers. */
-static tdm_memory_location location_of(tdm_memory_category c) {
+/* Every engine buffer lives where the model computes. */
+static tdmi_mem_kind kind_of(const tdm_engine *e, tdm_memory_category c) {
   (void)c;
-  return TDM_MEM_HOST;
+  return tdmi_ops_compute_mem(&e->ops);
+}
+
+static tdm_memory_location location_of(tdmi_mem_kind kind) {
+  return kind == TDMI_MEM_DEVICE ? TDM_MEM_DEVICE : TDM_MEM_HOST;
 }
 
 void tdmi_mem_init(tdmi_memory *m) {
@@ -25,8 +28,8 @@ void tdmi_mem_destroy(tdmi_memory *m) { pthread_mutex_destroy(&m->lock); }
 
 static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
-static void count(tdmi_memory *m, tdm_memory_category c, int64_t delta) {
-  tdm_memory_location l = location_of(c);
+static void count(tdmi_memory *m, tdm_memory_category c,
+                  tdm_memory_location l, int64_t delta) {
   pthread_mutex_lock(&m->lock);
   m->current[c][l] += (uint64_t)delta; /* wraps back for negative deltas */
   m->total += (uint64_t)delta;
@@ -40,23 +43,36 @@ static size_t padded_bytes(size_t count, tdm_dtype dtype) {
   return (bytes + TDMI_ALIGN - 1) / TDMI_ALIGN * TDMI_ALIGN;
 }
 
+void *tdmi_engine_alloc_in(tdm_engine *e, tdmi_mem_kind kind,
+                           tdm_memory_category category, size_t n,
+                           tdm_dtype dtype) {
+  size_t bytes = padded_bytes(n, dtype);
+  void *p = NULL;
+  if (tdmi_ops_alloc(&e->ops, kind, bytes ? bytes : TDMI_ALIGN, &p) !=
+      TDM_SUCCESS)
+    return NULL;
+  count(&e->mem, category, location_of(kind), (int64_t)bytes);
+  return p;
+}
+
+void tdmi_engine_free_in(tdm_engine *e, tdmi_mem_kind kind,
+                         tdm_memory_category category, void *p, size_t n,
+                         tdm_dtype dtype) {
+  if (!p)
+    return;
+  tdmi_ops_free(&e->ops, kind, p);
+  count(&e->mem, category, location_of(kind),
+        -(int64_t)padded_bytes(n, dtype));
+}
+
 void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
                         size_t n, tdm_dtype dtype) {
-  size_t bytes = padded_bytes(n, dtype);
-  void *p = aligned_alloc(TDMI_ALIGN, bytes ? bytes : TDMI_ALIGN);
-  if (!p)
-    return NULL;
-  memset(p, 0, bytes);
-  count(&e->mem, category, (int64_t)bytes);
-  return p;
+  return tdmi_engine_alloc_in(e, kind_of(e, category), category, n, dtype);
 }
 
 void tdmi_engine_free(tdm_engine *e, tdm_memory_category category, void *p,
                       size_t n, tdm_dtype dtype) {
-  if (!p)
-    return;
-  free(p);
-  count(&e->mem, category, -(int64_t)padded_bytes(n, dtype));
+  tdmi_engine_free_in(e, kind_of(e, category), category, p, n, dtype);
 }
 
 void tdmi_mem_gathered(tdm_engine *e, int64_t delta) {

@@ -45,6 +45,11 @@ static tdm_status pick_mode(tdm_engine *e) {
   e->mode = want == TDM_PROGRESS_AUTO
                 ? (multiple ? TDM_PROGRESS_THREAD : TDM_PROGRESS_POLL)
                 : want;
+  /* On a GPU the collectives are queued on streams or staged from the
+   * calls that launch them; a thread would only add CUDA calls from a
+   * second host thread. */
+  if (e->ctx->device_kind == TDM_DEVICE_CUDA)
+    e->mode = TDM_PROGRESS_POLL;
   return TDM_SUCCESS;
 }
 
@@ -57,8 +62,16 @@ static tdm_status pick_precision(tdm_engine *e) {
   /* GradScaler's initial scale until an optimizer sets its own. */
   e->loss_scale = e->precision == TDM_PRECISION_FP16 ? 65536.0 : 1.0;
   tdmi_layout_dtypes(e);
-  TDMI_TRY(tdmi_kernels_init(&e->kernels, (tdm_cpu_isa)c->cpu_isa,
-                             c->cpu_threads));
+  tdmi_kernels cpu;
+  TDMI_TRY(tdmi_kernels_init(&cpu, (tdm_cpu_isa)c->cpu_isa, c->cpu_threads));
+  int on_device = e->ctx->device_kind == TDM_DEVICE_CUDA;
+  if (on_device && e->offload != TDM_OFFLOAD_NONE)
+    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                      "tdm_engine_create: offload=%s with parameters on a GPU "
+                      "is not implemented yet (use offload=none, or "
+                      "device=cpu)", e->offload == TDM_OFFLOAD_PARAMS
+                                         ? "params" : "optimizer");
+  TDMI_TRY(tdmi_ops_init(&e->ops, &cpu, on_device));
   return tdmi_sum_op_create(e->reduce_dtype, &e->reduce_op);
 }
 
@@ -78,7 +91,7 @@ static tdm_engine *engine_new(tdm_context *ctx) {
   e->offload = (tdm_offload)c->offload;
   e->prefetch_bytes = (size_t)c->zero3_prefetch_bytes;
   e->persist_numel = (size_t)c->zero3_persistence_threshold;
-  e->gather_comm = MPI_COMM_NULL;
+  e->reduce_ch.comm = e->gather_ch.comm = MPI_COMM_NULL;
   e->last_fetch = -1;
   e->fetch_dir = 1;
   if (e->stage > 0)
@@ -93,8 +106,8 @@ static void engine_free(tdm_engine *e) {
   tdmi_handle_unregister(e, TDMI_HANDLE_ENGINE);
   tdmi_fetch_free(e);
   tdmi_layout_free(e);
-  tdmi_comm_free(&e->comm);
-  tdmi_comm_free(&e->gather_comm);
+  tdmi_xport_close(e);
+  tdmi_ops_destroy(&e->ops);
   tdmi_sum_op_free(&e->reduce_op);
   for (int i = 0; i < e->nparams; i++) {
     free(e->params[i].name);
@@ -123,12 +136,12 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
   }
   if (st == TDM_SUCCESS)
     st = pick_precision(e);
+  /* Collective: every rank opens its channels or none does.  On every rank
+   * whatever its stage, so ranks that disagree on the stage reach
+   * tdm_prepare's check. */
+  st = tdmi_agree(ctx->comm, st, "tdm_engine_create");
   if (st == TDM_SUCCESS)
-    st = tdmi_comm_dup(ctx->comm, &e->comm);
-  /* On every rank whatever its stage: a collective call, and ranks that
-   * disagree on the stage must reach tdm_prepare's check. */
-  if (st == TDM_SUCCESS)
-    st = tdmi_comm_dup(ctx->comm, &e->gather_comm);
+    st = tdmi_xport_open(e);
   if (st == TDM_SUCCESS)
     st = tdmi_handle_register(e, TDMI_HANDLE_ENGINE);
   st = tdmi_agree(ctx->comm, st, "tdm_engine_create");
@@ -145,8 +158,8 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
            e->precision == TDM_PRECISION_BF16   ? "bf16"
            : e->precision == TDM_PRECISION_FP16 ? "fp16"
                                                 : "no",
-           tdmi_dtype_name(e->reduce_dtype), tdmi_cpu_isa_name(e->kernels.isa),
-           e->kernels.threads);
+           tdmi_dtype_name(e->reduce_dtype), tdmi_cpu_isa_name(e->ops.cpu.isa),
+           e->ops.cpu.threads);
   *engine = e;
   return TDM_SUCCESS;
 }

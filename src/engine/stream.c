@@ -47,12 +47,17 @@ static int next_is_ready(const tdm_engine *e) {
 
 /* ---- poll mode ---- */
 
-/* Launches the next bucket in order if it is READY and none is in flight:
+/* Whether the next bucket may launch while others are in flight: with MPI
  * one non-blocking allreduce at a time finishes sooner than several that
- * compete (measured with Open MPI's libnbc, see bench/README.md).  Lock
- * held. */
+ * compete (measured with Open MPI's libnbc, see bench/README.md); NCCL
+ * runs its queue in order on the communication stream by itself. */
+static int may_launch(const tdm_engine *e) {
+  return e->xport == TDMI_XPORT_NCCL || e->nreduced == e->next_launch;
+}
+
+/* Launches the next buckets in order while they are READY.  Lock held. */
 static void launch_in_order(tdm_engine *e) {
-  while (e->next_launch < e->nbuckets && e->nreduced == e->next_launch &&
+  while (e->next_launch < e->nbuckets && may_launch(e) &&
          e->buckets[e->next_launch].state == TDM_BUCKET_READY) {
     int b = e->next_launch++;
     tdm_status st = e->strategy->launch(e, &e->buckets[b]);
@@ -62,15 +67,18 @@ static void launch_in_order(tdm_engine *e) {
   }
 }
 
-/* Tests the bucket in flight, if any.  Lock held. */
+/* Tests the buckets in flight in launch order, up to the first that has
+ * not finished.  Lock held. */
 static void poll_in_flight(tdm_engine *e) {
-  int b = e->next_launch - 1;
-  if (b < 0 || e->buckets[b].state != TDM_BUCKET_IN_FLIGHT)
-    return;
-  int done = 0;
-  tdm_status st = e->strategy->test(e, &e->buckets[b], &done);
-  if (done || st != TDM_SUCCESS)
+  for (int b = 0; b < e->next_launch; b++) {
+    if (e->buckets[b].state != TDM_BUCKET_IN_FLIGHT)
+      continue;
+    int done = 0;
+    tdm_status st = e->strategy->test(e, &e->buckets[b], &done);
+    if (!done && st == TDM_SUCCESS)
+      return;
     finish_bucket(e, b, complete(e, b, st));
+  }
 }
 
 /* Waits for every bucket in flight, in launch order.  Lock held. */
@@ -310,8 +318,12 @@ tdm_status tdm_backward_end(tdm_engine *e) {
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
   TDMI_TRY(check_in_backward(e, fn));
   tdm_status unused = mark_unused(e);
-  if (e->syncing)
+  if (e->syncing) {
     wait_all(e);
+    pthread_mutex_lock(&e->lock);
+    note_comm_failure(e, tdmi_xport_watch(e, fn));
+    pthread_mutex_unlock(&e->lock);
+  }
   e->in_backward = 0;
   end_cycle(e);
   tdm_status st = e->sticky;
@@ -387,24 +399,27 @@ tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
 /* The gradients kept across micro-steps: full (stages 0-1) or this
  * rank's shard (2-3).  The update zeroes what it reads; stage 1 keeps the
  * other ranks' chunks too. */
-static void zero_grads(tdm_engine *e, int updated) {
+static tdm_status zero_grads(tdm_engine *e, int updated) {
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
     size_t gsize = tdmi_dtype_size(f->grad_dtype);
     if (f->grad && (!updated || e->stage == 1))
-      memset(f->grad, 0, f->count * gsize);
+      TDMI_TRY(tdmi_ops_zero(&e->ops, f->grad, f->count * gsize));
     if (f->shard_grad && !updated)
-      memset(f->shard_grad, 0, f->shard_count * gsize);
+      TDMI_TRY(tdmi_ops_zero(&e->ops, f->shard_grad, f->shard_count * gsize));
   }
+  return TDM_SUCCESS;
 }
 
 tdm_status tdmi_engine_step_end(tdm_engine *e, int updated) {
-  zero_grads(e, updated);
+  tdm_status zeroed = zero_grads(e, updated);
   e->at_boundary = 0;
   if (!updated || e->stage == 0)
-    return TDM_SUCCESS;
+    return zeroed;
   tdm_status st = e->stage == 3 ? tdmi_fetch_regather(e)
                                 : tdmi_zero_gather_params(e);
+  if (st == TDM_SUCCESS)
+    st = zeroed;
   return tdmi_agree(e->comm, st, "tdm_step (gathering updated parameters)");
 }
 

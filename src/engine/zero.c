@@ -49,8 +49,8 @@ static tdm_status zero_launch(tdm_engine *e, tdmi_bucket *b) {
   void *buf = NULL;
   TDMI_TRY(source(e, b, &buf));
   count_traffic(e, b->bytes);
-  return tdmi_ireduce_scatter(e->comm, buf, b->chunk, b->grad_dtype,
-                              op_of(e, b), &b->request);
+  return tdmi_xfer_reduce_scatter(e, &e->reduce_ch, &b->reduce, buf,
+                                  b->chunk, b->grad_dtype, op_of(e, b));
 }
 
 static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
@@ -61,24 +61,27 @@ static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
                              op_of(e, b));
 }
 
-/* The reduced chunk is at the start of the reduced buffer. */
+/* The reduced chunk is where the transport left it (the start of the
+ * buffer with MPI, the rank's own chunk with NCCL); stage 1 keeps it in
+ * the rank's chunk, stages 2-3 add it into the shard. */
 static tdm_status zero_finish(tdm_engine *e, tdmi_bucket *b) {
   size_t gsize = tdmi_dtype_size(b->grad_dtype);
   tdmi_flat *f = &e->flat[b->dtype];
+  size_t at = tdmi_xfer_rs_offset(e, b->chunk) * gsize;
   if (e->stage == 1) {
     char *g = (char *)f->grad + b->first * gsize;
     size_t mine = (size_t)e->ctx->rank * b->chunk * gsize;
-    if (mine)
-      memcpy(g + mine, g, b->chunk * gsize); /* chunks never overlap */
-    return TDM_SUCCESS;
+    return mine == at ? TDM_SUCCESS /* chunks never overlap */
+                      : tdmi_ops_copy(&e->ops, g + mine, g + at,
+                                      b->chunk * gsize);
   }
-  tdmi_kernel_accumulate(&e->kernels, b->grad_dtype, b->staging,
-                         (char *)f->shard_grad + b->shard_first * gsize,
-                         b->chunk);
+  tdm_status st = tdmi_ops_accumulate(
+      &e->ops, b->grad_dtype, (char *)b->staging + at,
+      (char *)f->shard_grad + b->shard_first * gsize, b->chunk);
   tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, b->staging, b->count,
                    b->grad_dtype);
   b->staging = NULL;
-  return TDM_SUCCESS;
+  return st;
 }
 
 const tdmi_strategy tdmi_strategy_zero = {"zero", zero_launch,
@@ -95,7 +98,10 @@ tdm_status tdmi_zero_gather_params(tdm_engine *e) {
     size_t csize = tdmi_dtype_size(cd);
     char *full = (char *)(f->copied ? f->copy : f->data) + b->first * csize;
     count_traffic(e, b->count * csize);
-    TDMI_TRY(tdmi_allgather_bytes(e->comm, NULL, full, b->chunk * csize));
+    tdmi_xfer *x = &e->buckets[i].reduce;
+    TDMI_TRY(tdmi_xfer_allgather(e, &e->reduce_ch, x, full,
+                                 b->chunk * csize));
+    TDMI_TRY(tdmi_xfer_wait(e, x));
   }
   return TDM_SUCCESS;
 }
@@ -110,7 +116,7 @@ static const void *full_master(const tdm_engine *e, const tdmi_param *p) {
 }
 
 /* Copies the part of p this rank owns into out (zero elsewhere). */
-static void own_part(const tdm_engine *e, const tdmi_param *p, char *out) {
+static tdm_status own_part(tdm_engine *e, const tdmi_param *p, char *out) {
   const tdmi_bucket *b = &e->buckets[p->bucket];
   const tdmi_flat *f = &e->flat[p->dtype];
   size_t esize = tdmi_dtype_size(p->dtype);
@@ -118,10 +124,12 @@ static void own_part(const tdm_engine *e, const tdmi_param *p, char *out) {
   size_t from = p->first > lo ? p->first : lo;
   size_t to = p->first + p->numel < hi ? p->first + p->numel : hi;
   memset(out, 0, p->numel * esize);
-  if (from < to)
-    memcpy(out + (from - p->first) * esize,
-           (const char *)f->master + (b->shard_first + from - lo) * esize,
-           (to - from) * esize);
+  if (from >= to)
+    return TDM_SUCCESS;
+  return tdmi_ops_copy(&e->ops, out + (from - p->first) * esize,
+                       (const char *)f->master +
+                           (b->shard_first + from - lo) * esize,
+                       (to - from) * esize);
 }
 
 tdm_status tdm_gather_param(tdm_engine *e, int param, void *out) {
@@ -140,11 +148,12 @@ tdm_status tdm_gather_param(tdm_engine *e, int param, void *out) {
   const tdmi_param *p = &e->params[param];
   const void *full = full_master(e, p);
   size_t bytes = p->numel * tdmi_dtype_size(p->dtype);
-  if (full) {
-    memcpy(out, full, bytes);
+  /* out is the caller's host memory; the values may be on the device. */
+  TDMI_TRY(full ? tdmi_ops_copy(&e->ops, out, full, bytes)
+                : own_part(e, p, out));
+  TDMI_TRY(tdmi_ops_synchronize(&e->ops));
+  if (full)
     return TDM_SUCCESS;
-  }
-  own_part(e, p, out);
   /* The parts are disjoint and zero elsewhere: OR assembles them bit for
    * bit (a sum would turn -0 into +0). */
   return tdmi_bor_bytes(e->comm, out, bytes);

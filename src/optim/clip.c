@@ -22,8 +22,11 @@ static tdm_status grad_sumsq(tdm_optimizer *opt, const tdmi_clip *c,
   double local = 0.0;
   for (int i = 0; i < opt->nspans; i++) {
     const tdmi_span *s = &opt->spans[i].span;
-    local += tdmi_kernel_sumsq(&opt->engine->kernels, s->grad, s->grad_dtype,
-                               s->count, c->pre / opt->scale, c->lo, c->hi);
+    double part = 0.0;
+    TDMI_TRY(tdmi_ops_sumsq(&opt->engine->ops, s->grad, s->grad_dtype,
+                            s->count, c->pre / opt->scale, c->lo, c->hi, 0,
+                            &part));
+    local += part;
   }
   TDMI_TRY(tdmi_engine_sum_partials(opt->engine, &local, 1));
   *sum = local * c->post * c->post;

@@ -240,8 +240,10 @@ static void *at(void *base, size_t i, tdm_dtype dtype) {
   return base ? (char *)base + i * tdmi_dtype_size(dtype) : NULL;
 }
 
-static void update_segment(const tdm_optimizer *opt, const tdmi_opt_span *s,
-                           const tdmi_segment *seg, const tdmi_update *u) {
+static tdm_status update_segment(const tdm_optimizer *opt,
+                                 const tdmi_opt_span *s,
+                                 const tdmi_segment *seg,
+                                 const tdmi_update *u) {
   const tdmi_span *sp = &s->span;
   tdmi_update_arrays a = {
       .param = at(sp->data, seg->begin, sp->dtype), .dtype = sp->dtype,
@@ -252,7 +254,7 @@ static void update_segment(const tdm_optimizer *opt, const tdmi_opt_span *s,
       .state0 = at(s->state0, seg->begin, sp->dtype),
       .state1 = at(s->state1, seg->begin, sp->dtype),
       .n = seg->end - seg->begin, .zero_grad = 1};
-  tdmi_kernel_update(&opt->engine->kernels, u, &a);
+  return tdmi_ops_update(&opt->engine->ops, u, &a, 0);
 }
 
 /* torch.amp.GradScaler.update: back off on inf/nan, grow after
@@ -270,14 +272,15 @@ static void update_scale(tdm_optimizer *opt, int nonfinite) {
   tdmi_engine_set_loss_scale(opt->engine, opt->scale);
 }
 
-static void update_all(tdm_optimizer *opt) {
+static tdm_status update_all(tdm_optimizer *opt) {
   for (int i = 0; i < opt->nspans; i++) {
     const tdmi_opt_span *s = &opt->spans[i];
     for (int j = 0; j < s->nsegments; j++) {
       tdmi_update u = update_of(opt, s->segments[j].group);
-      update_segment(opt, s, &s->segments[j], &u);
+      TDMI_TRY(update_segment(opt, s, &s->segments[j], &u));
     }
   }
+  return TDM_SUCCESS;
 }
 
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
@@ -301,7 +304,16 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
     tdmi_log(opt->engine->ctx, TDM_LOG_INFO, "optimizer: inf/nan gradients "
              "at loss scale %g: step skipped", opt->scale);
   } else {
-    update_all(opt);
+    tdm_status st = update_all(opt);
+    /* A kernel fails on one device only; the gathers that follow the
+     * update are collective, so every rank learns of it first. */
+    if (opt->engine->stage > 0 || opt->engine->ops.on_device)
+      st = tdmi_agree(opt->engine->comm, st, "tdm_step (update)");
+    if (st != TDM_SUCCESS) { /* the cycle is dropped */
+      tdmi_optim_clip_reset(opt);
+      tdmi_engine_step_end(opt->engine, 0);
+      return st;
+    }
     opt->steps++;
   }
   if (opt->scaling)
