@@ -158,6 +158,7 @@ int main(int argc, char **argv) {
   unsetenv("TANDEM_LOG");
   unsetenv("TANDEM_CONFIG");
   unsetenv("TANDEM_DEBUG");
+  unsetenv("TANDEM_DEVICE"); /* run-tap.sh sets it; the defaults are checked */
   test_precedence();
   test_sizes();
   test_bad_config();

@@ -228,8 +228,8 @@ static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
                        : NULL;
   tdmi_mem_kind kind = tdmi_ops_compute_mem(&e->ops);
   int device = kind == TDMI_MEM_DEVICE;
-  char *host = device || !full ? aligned_alloc(TDMI_ALIGN, bytes + TDMI_ALIGN)
-                               : full;
+  size_t lines = (bytes / TDMI_ALIGN + 1) * TDMI_ALIGN; /* never 0 */
+  char *host = device || !full ? aligned_alloc(TDMI_ALIGN, lines) : full;
   char *values = full, *scratch = NULL;
   tdm_status st = host ? TDM_SUCCESS
                        : tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of "
