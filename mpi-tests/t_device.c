@@ -4,25 +4,14 @@
 #include "config.h"
 #include "harness.h"
 #include "tandem_mpi.h"
-#ifdef HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
-
-static int visible_gpus(void) {
-#ifdef HAVE_CUDA
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
-#else
-  return 0;
-#endif
-}
+#include "gpu_util.h"
 
 int main(int argc, char **argv) {
   int provided, rank, local;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_SINGLE, &provided);
   th_start();
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  int cuda = 0, gpus = visible_gpus();
+  int cuda = 0, gpus = th_visible_gpus();
   TH_OK(tdm_has_feature(TDM_FEATURE_CUDA, &cuda));
   tdm_context *ctx = NULL;
   tdm_device_kind kind;

@@ -8,7 +8,8 @@
  * CUDA-aware MPI or staged copies: TANDEM_GPU_COLLECTIVES), 10 AdamW steps
  * with tdm_clip_grad_norm(1.0), each rank on its own slice of the global
  * batch, for zero_stage 0, 1, 2 and 3 (every module sharded, a window of
- * about one module prefetched), f32 and bf16 compute copies, 1 and 2
+ * about one module prefetched), offload=optimizer at stages 1, 2 and 3,
+ * offload=params at stage 3, f32 and bf16 compute copies, 1 and 2
  * accumulation micro-steps.  The loss of every micro-step, the clip norm
  * of every step and every parameter read back with tdm_gather_param (host
  * memory in both cases) agree within 1e-6 relative on every rank (on a
@@ -18,7 +19,11 @@
  * differently).  tdm_get_memory_info puts the parameters, gradients,
  * optimizer state (and bf16's master weights) on the device for the CUDA
  * engine and on the host for the CPU engine, and nothing of them on the
- * other side.
+ * other side; with offload the CUDA engine's optimizer state and masters
+ * (f32 too, unless offload=params makes the master the parameter shard)
+ * only on the host, its gradients on both sides (a host copy of the
+ * shard), its parameters on the device (and a bf16 shard copy on the
+ * host) or, with offload=params, on the host.
  *
  * Design: the model's math is deep_model.c's, reused unchanged, but
  * deep_forward_backward reads tdm_param_buffers directly and so needs host
@@ -56,9 +61,7 @@
 #include "deep_model.h"
 #include "harness.h"
 #include "tandem_mpi.h"
-#ifdef HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
+#include "gpu_util.h"
 
 #define NLAYERS 10
 #define NPARAMS (2 * NLAYERS)
@@ -76,22 +79,10 @@ static int collectives = -1; /* the CUDA engine's, as resolved */
 
 typedef struct {
   int stage, precision, accum;
+  int offload; /* tdm_offload */
 } config;
 
 /* ---- device copies ------------------------------------------------------- */
-
-static int visible_gpus(void) {
-#ifdef HAVE_CUDA
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-#else
-  return 0;
-#endif
-}
 
 /* bytes from src to dst, either of them device memory. */
 static tdm_status dev_copy(void *dst, const void *src, size_t bytes) {
@@ -151,7 +142,7 @@ static tdm_options options_for(const config *c, int device) {
   o.mixed_precision = c->precision;
   o.reduce_dtype = TDM_F32;
   o.zero_stage = c->stage;
-  o.offload = TDM_OFFLOAD_NONE;
+  o.offload = c->offload;
   o.progress = TDM_PROGRESS_POLL; /* as a CUDA engine always does */
   if (c->stage == 3) {
     o.zero3_prefetch_bytes = SMALL_PREFETCH;
@@ -223,7 +214,7 @@ static int open_run(run *r, const config *c, int cuda) {
   tdm_options got = TDM_OPTIONS_INIT;
   TH_OK(tdm_get_options(r->main.ctx, &got));
   collectives = got.gpu_collectives;
-  config mc = {0, c->precision, 1};
+  config mc = {0, c->precision, 1, TDM_OFFLOAD_NONE};
   tdm_options h = options_for(&mc, TDM_DEVICE_CPU);
   size_t largest = 0;
   for (int l = 0; l < NLAYERS; l++)
@@ -480,26 +471,50 @@ static void train(run *r, const config *c, const dataset *d, result *res) {
 
 /* ---- checks -------------------------------------------------------------------- */
 
+static const char *const category_names[] = {"params", "grads",
+                                             "optimizer state",
+                                             "master weights"};
+
+/* That category cat of the memory report holds bytes on the host when
+ * host says so, else none, and likewise on the device. */
+static void check_where(const tdm_memory_info *info, int cat, int host,
+                        int device, const char *label, const char *engine) {
+  uint64_t h = info->current[cat][TDM_MEM_HOST];
+  uint64_t d = info->current[cat][TDM_MEM_DEVICE];
+  TH_CHECK((h > 0) == host && (d > 0) == device,
+           "%s %s: %s %llu bytes on the host, %llu on the device; want %s "
+           "on the host, %s on the device", label, engine,
+           category_names[cat], (unsigned long long)h, (unsigned long long)d,
+           host ? "some" : "none", device ? "some" : "none");
+}
+
 /* Where the model state lives: params, grads, optimizer state (and the
- * masters of bf16 copies) all at the engine's device, none elsewhere. */
+ * masters of bf16 copies) all at the engine's device, none elsewhere;
+ * with offload on the device, the optimizer's side (state, masters, a
+ * copy of the gradient shard) on the host, and with offload=params the
+ * parameter shards too. */
 static void check_memory(const run *r, const config *c, const char *label) {
   tdm_memory_info info;
   memset(&info, 0, sizeof info);
   info.size = sizeof info;
   TH_OK(tdm_get_memory_info(r->main.e, &info));
-  const int at = r->cuda ? TDM_MEM_DEVICE : TDM_MEM_HOST;
-  const int other = r->cuda ? TDM_MEM_HOST : TDM_MEM_DEVICE;
-  static const char *const names[] = {"params", "grads", "optimizer state",
-                                      "master weights"};
-  int last = c->precision == TDM_PRECISION_NO ? TDM_MEM_OPTIMIZER_STATE
-                                              : TDM_MEM_MASTER_WEIGHTS;
-  for (int cat = TDM_MEM_PARAMS; cat <= last; cat++) {
-    TH_CHECK(info.current[cat][at] > 0 && info.current[cat][other] == 0,
-             "%s %s: %s %llu bytes on the host, %llu on the device", label,
-             r->cuda ? "CUDA" : "CPU", names[cat],
-             (unsigned long long)info.current[cat][TDM_MEM_HOST],
-             (unsigned long long)info.current[cat][TDM_MEM_DEVICE]);
+  const char *engine = r->cuda ? "CUDA" : "CPU";
+  int mixed = c->precision != TDM_PRECISION_NO;
+  if (!r->cuda || c->offload == TDM_OFFLOAD_NONE) {
+    for (int cat = TDM_MEM_PARAMS; cat <= TDM_MEM_MASTER_WEIGHTS; cat++) {
+      int some = cat != TDM_MEM_MASTER_WEIGHTS || mixed;
+      check_where(&info, cat, some && !r->cuda, some && r->cuda, label,
+                  engine);
+    }
+    return;
   }
+  int params = c->offload == TDM_OFFLOAD_PARAMS;
+  /* the host holds a bf16 shard copy, or the shards themselves */
+  check_where(&info, TDM_MEM_PARAMS, mixed || params, !params, label, engine);
+  check_where(&info, TDM_MEM_GRADS, 1, 1, label, engine);
+  check_where(&info, TDM_MEM_OPTIMIZER_STATE, 1, 0, label, engine);
+  check_where(&info, TDM_MEM_MASTER_WEIGHTS, mixed || !params, 0, label,
+              engine);
 }
 
 /* ||a - b|| / ||b||, or ||a - b|| when b is 0; huge when not finite. */
@@ -557,14 +572,17 @@ static void compare(const config *c, const result *gpu, const result *cpu,
   TH_CHECK(worst[E_STEPPED] == 0, "%s N=%d: %g steps without an update",
            label, size, worst[E_STEPPED]);
   if (verbose || th_failures > before)
-    printf("%-22s N=%d: CUDA vs CPU rel err: weights %.3g, losses %.3g, "
+    printf("%-36s N=%d: CUDA vs CPU rel err: weights %.3g, losses %.3g, "
            "norms %.3g\n", label, size, worst[E_WEIGHTS], worst[E_LOSS],
            worst[E_NORM]);
 }
 
 static void configuration(const config *c, const dataset *d) {
-  char label[64];
-  snprintf(label, sizeof label, "stage %d %s k=%d", c->stage,
+  char label[80];
+  static const char *const offload_names[] = {"", " offload optimizer",
+                                               " offload params"};
+  snprintf(label, sizeof label, "stage %d%s %s k=%d", c->stage,
+           offload_names[c->offload],
            c->precision == TDM_PRECISION_NO ? "f32" : "bf16", c->accum);
   result res[2];
   int ok[2] = {0, 0};
@@ -588,21 +606,13 @@ static void configuration(const config *c, const dataset *d) {
 /* The skip message (NULL: run), decided from every rank's view. */
 static const char *skip_reason(int gpus) {
   const char *env = getenv("TANDEM_TEST_FAKE_GPU");
-  int local = 1, why = 0, any = 0;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank,
-                      MPI_INFO_NULL, &node);
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
-  if (gpus == 0 && !(env && strcmp(env, "1") == 0))
-    why = 1;
-  else if (gpus > 0 && local > gpus)
-    why = 2;
-  MPI_Allreduce(&why, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (any == 1)
+  int none = gpus == 0 && !(env && strcmp(env, "1") == 0), any = 0;
+  MPI_Allreduce(&none, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  int own = th_gpu_per_rank(NULL); /* collective */
+  if (any)
     return "skip: no GPU visible; set TANDEM_TEST_FAKE_GPU=1 to run the "
            "device path on the CPU";
-  if (any == 2)
+  if (gpus > 0 && !own)
     return "skip: one GPU per rank needed (NCCL cannot put two ranks on "
            "one GPU)";
   return NULL;
@@ -612,7 +622,7 @@ int main(int argc, char **argv) {
   th_init(&argc, &argv, MPI_THREAD_MULTIPLE, &rank, &size);
   const char *v = getenv("TDM_TEST_VERBOSE");
   verbose = v && *v && strcmp(v, "0") != 0;
-  int gpus = visible_gpus();
+  int gpus = th_visible_gpus();
   const char *skip = skip_reason(gpus);
   if (skip) {
     if (rank == 0)
@@ -624,10 +634,16 @@ int main(int argc, char **argv) {
   double t0 = MPI_Wtime();
   dataset d;
   TH_CHECK(make_data(&d), "no memory for the data");
-  for (int stage = 0; stage <= 3 && d.x && d.y; stage++)
-    for (int p = TDM_PRECISION_NO; p <= TDM_PRECISION_BF16; p++)
+  /* every stage, then the offloads */
+  static const int placements[][2] = {
+      {0, TDM_OFFLOAD_NONE},      {1, TDM_OFFLOAD_NONE},
+      {2, TDM_OFFLOAD_NONE},      {3, TDM_OFFLOAD_NONE},
+      {1, TDM_OFFLOAD_OPTIMIZER}, {2, TDM_OFFLOAD_OPTIMIZER},
+      {3, TDM_OFFLOAD_OPTIMIZER}, {3, TDM_OFFLOAD_PARAMS}};
+  for (size_t i = 0; i < sizeof placements / sizeof placements[0]; i++)
+    for (int p = TDM_PRECISION_NO; p <= TDM_PRECISION_BF16 && d.x && d.y; p++)
       for (int accum = 1; accum <= MAX_ACCUM; accum++) {
-        config c = {stage, p, accum};
+        config c = {placements[i][0], p, accum, placements[i][1]};
         configuration(&c, &d);
       }
   free(d.x);

@@ -21,9 +21,7 @@
 #include "config.h"
 #include "../src/comm/comm.h"
 #include "harness.h"
-#ifdef HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
+#include "gpu_util.h"
 #ifdef HAVE_MPI_EXT_H
 #include <mpi-ext.h>
 #endif
@@ -100,15 +98,6 @@ static void node_split(int nccl) {
   }
   MPI_Comm_free(&local);
   MPI_Comm_free(&cross);
-}
-
-static int visible_gpus(void) {
-#ifdef HAVE_CUDA
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
-#else
-  return 0;
-#endif
 }
 
 #ifdef HAVE_CUDA
@@ -310,26 +299,11 @@ static void device_collectives(tdmi_nccl *n) {
 
 #endif /* HAVE_CUDA */
 
-/* Whether every rank has a GPU of its own: NCCL refuses two ranks on one
- * GPU, so a node with more ranks than GPUs skips too. */
-static int gpu_per_rank(int *local_rank) {
-  MPI_Comm local;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank,
-                      MPI_INFO_NULL, &local);
-  int lsize;
-  MPI_Comm_rank(local, local_rank);
-  MPI_Comm_size(local, &lsize);
-  MPI_Comm_free(&local);
-  int enough = visible_gpus() >= lsize, all = 0;
-  MPI_Allreduce(&enough, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all;
-}
-
 /* An NCCL communicator over the world on each rank's local GPU, and its
  * collectives. */
 static void communicator(void) {
   int lrank;
-  if (!gpu_per_rank(&lrank)) {
+  if (!th_gpu_per_rank(&lrank)) {
     if (rank == 0)
       printf("t_nccl: GPU part: skip (no GPU of its own on every rank)\n");
     return;

@@ -9,7 +9,7 @@
  *      accumulation micro-steps, each rank on its own slice of the global
  *      batch, under stage 1, 2, 3 (every module sharded, a small prefetch
  *      window), 3 (default persistence threshold: every module stays
- *      gathered), 1 and 2 with the optimizer offloaded and 3 with the
+ *      gathered), 1, 2 and 3 with the optimizer offloaded and 3 with the
  *      parameters offloaded: every parameter read back with
  *      tdm_gather_param equals the stage-0 run's, ||a - b|| / ||b|| <=
  *      1e-6 per parameter, and the same on every rank; the clip norm of
@@ -18,8 +18,9 @@
  *      give stages 0-2 many buckets.  Runs with 2 micro-steps use the
  *      communication thread when MPI provides MPI_THREAD_MULTIPLE, the
  *      others poll;
- *  (b) the fp16 loss scaler on shards: the deep model under fp16, stages
- *      0-3, 12 steps of 2 micro-steps, a NaN input on the last rank in the
+ *  (b) the fp16 loss scaler on shards: the deep model under fp16, every
+ *      configuration of (a) but the persistent stage 3 (offload included),
+ *      12 steps of 2 micro-steps, a NaN input on the last rank in the
  *      first micro-step of step 7: every stage skips that step and only it
  *      on every rank (skipped_steps 1, last_skipped set after step 7
  *      only, clip norm nan there), and ends with stage 0's loss scale,
@@ -38,7 +39,16 @@
  *      tdm_estimate_model_state against the paper's 7.5B-parameter,
  *      64-GPU example (120, 31.4, 16.6, 1.9 GB) and against the formula
  *      for other inputs; tdm_memory_report names every category and
- *      truncates like snprintf;
+ *      truncates like snprintf; offload, each configuration of (a), f32
+ *      and bf16: on the CPU the same bytes as without offload, all on the
+ *      host; on the fake GPU the optimizer state (8 / N), the master shard
+ *      (4 / N, in f32 too, except where offload=params makes it the
+ *      parameter shard) and a copy of the gradient shard (4 / N) on the
+ *      host, the gradients of the stage on the device, the parameters
+ *      of the stage on the device (plus a 2 / N host shard of the new
+ *      bf16 copy) or, with offload=params, their shards on the host and
+ *      nothing on the device; per category and location within the
+ *      padding bound of two buffers;
  *  (d) the ZeRO-3 window: the gathered bytes peak at the largest module
  *      without prefetch and stay within prefetch window + largest module
  *      with it; nothing stays gathered after the last release;
@@ -100,6 +110,8 @@ static const zconfig configs[] = {
      TDM_UNSET},
     {"stage 2 + offload optimizer", 2, TDM_OFFLOAD_OPTIMIZER, TDM_UNSET,
      TDM_UNSET},
+    {"stage 3 + offload optimizer", 3, TDM_OFFLOAD_OPTIMIZER, SMALL_PREFETCH,
+     0},
     {"stage 3 + offload params", 3, TDM_OFFLOAD_PARAMS, SMALL_PREFETCH, 0},
 };
 #define NCONFIGS ((int)(sizeof configs / sizeof configs[0]))
@@ -438,8 +450,6 @@ static void equivalence(int model, int precision, int accum) {
     TH_CHECK(ref.stepped[t] == 1, "%s: no update at step %d", label, t);
   close_run(&r);
   for (int c = 1; c < NCONFIGS; c++) {
-    if (fake_gpu && configs[c].offload != TDM_OFFLOAD_NONE)
-      continue; /* refused on a GPU: offload_on_gpu() */
     s.z = configs[c];
     snprintf(label, sizeof label, "%s %s k=%d %s",
              model == MODEL_MLP ? "mlp" : "deep", precision_name(precision),
@@ -470,21 +480,6 @@ static void equivalence(int model, int precision, int accum) {
 
 /* ---- (b) the fp16 loss scaler ------------------------------------------- */
 
-/* On a GPU, offload is refused at engine creation, with a clear status,
- * until it is built there. */
-static void offload_on_gpu(void) {
-  tdm_options o = TDM_OPTIONS_INIT;
-  o.device = TDM_DEVICE_CUDA;
-  o.zero_stage = 1;
-  o.offload = TDM_OFFLOAD_OPTIMIZER;
-  tdm_context *ctx = NULL;
-  TH_OK(tdm_init_comm(MPI_COMM_WORLD, &o, &ctx));
-  tdm_engine *e = NULL;
-  TH_FAILS(tdm_engine_create(ctx, &e), TDM_ERR_NOT_SUPPORTED,
-           "offload=optimizer with parameters on a GPU");
-  TH_OK(tdm_finalize(ctx));
-}
-
 #define NAN_STEP 7
 #define FP16_STEPS 12
 
@@ -492,7 +487,9 @@ static void fp16_scaler(void) {
   const int accum = 2;
   result ref;
   dataset d = {0};
-  for (int c = 0; c <= 3; c++) {
+  for (int c = 0; c < NCONFIGS; c++) {
+    if (configs[c].stage == 3 && configs[c].persistence == TDM_UNSET)
+      continue; /* gathers nothing: stage 3 adds nothing to the scaler */
     setup s = {TDM_PRECISION_FP16, accum, 0, configs[c]};
     char label[128];
     snprintf(label, sizeof label, "deep fp16 k=2 NaN at step %d %s",
@@ -587,6 +584,25 @@ static void check_report(run *r, const char *label) {
   free(full);
 }
 
+/* Opens a run of the big deep model, trains one step and reads its
+ * memory and bucket count; 0 when it could not open. */
+static int after_a_step(run *r, const setup *s, const char *label,
+                        tdm_memory_info *info, int *nb) {
+  if (!open_run(r, MODEL_DEEP, s))
+    return 0;
+  dataset d;
+  make_data(r, size * B, &d);
+  result res;
+  train(r, &d, 1, 1, -1, label, &res);
+  free_result(&res);
+  free_data(&d);
+  memset(info, 0, sizeof *info);
+  info->size = sizeof *info;
+  TH_OK(tdm_get_memory_info(r->e, info));
+  TH_OK(tdm_get_bucket_count(r->e, nb));
+  return 1;
+}
+
 static void memory(int precision) {
   uint64_t totals[4] = {0};
   for (int stage = 0; stage <= 3; stage++) {
@@ -596,20 +612,10 @@ static void memory(int precision) {
     snprintf(label, sizeof label, "memory %s stage %d",
              precision_name(precision), stage);
     run r;
-    if (!open_run(&r, MODEL_DEEP, &s))
-      continue;
-    dataset d;
-    make_data(&r, size * B, &d);
-    result res;
-    train(&r, &d, 1, 1, -1, label, &res);
-    free_result(&res);
-    free_data(&d);
     tdm_memory_info info;
-    memset(&info, 0, sizeof info);
-    info.size = sizeof info;
-    TH_OK(tdm_get_memory_info(r.e, &info));
     int nb = 0;
-    TH_OK(tdm_get_bucket_count(r.e, &nb));
+    if (!after_a_step(&r, &s, label, &info, &nb))
+      continue;
     double psi = (double)deep_numel(&r.deep);
     int bf16 = precision == TDM_PRECISION_BF16;
     double want[TDM_MEM_NUM_CATEGORIES];
@@ -662,6 +668,74 @@ static void memory(int precision) {
              "holds %llu bytes, stage %d %llu", precision_name(precision),
              size, stage + 1, (unsigned long long)totals[stage + 1], stage,
              (unsigned long long)totals[stage]);
+}
+
+/* Offload, per category and location, in bytes per element of the
+ * model: on the CPU everything stays where memory() found it; on a
+ * device the master, the optimizer state and a copy of the gradient shard
+ * are host memory (with the shard's new compute copy under mixed
+ * precision), and offload=params puts the parameter shards there too. */
+static void offload_bytes(const zconfig *z, int bf16, double psi,
+                          double want[][TDM_MEM_NUM_LOCATIONS]) {
+  double n = size, cs = bf16 ? 2 : 4;
+  int params = z->offload == TDM_OFFLOAD_PARAMS;
+  double full[TDM_MEM_NUM_CATEGORIES];
+  paper_bytes(psi, size, z->stage, (int)cs, 4, 2, bf16, full);
+  memset(want, 0, sizeof(double) * TDM_MEM_NUM_CATEGORIES *
+                      TDM_MEM_NUM_LOCATIONS);
+  if (!fake_gpu) {
+    for (int c = 0; c < TDM_MEM_NUM_CATEGORIES; c++)
+      want[c][TDM_MEM_HOST] = full[c];
+    return;
+  }
+  double *param = want[TDM_MEM_PARAMS];
+  if (params) { /* the shards on the host, gathered ones freed */
+    param[TDM_MEM_HOST] = cs * psi / n;
+  } else {      /* the values on the device, a bf16 shard copy on the host */
+    param[TDM_MEM_DEVICE] = full[TDM_MEM_PARAMS];
+    param[TDM_MEM_HOST] = bf16 ? 2 * psi / n : 0;
+  }
+  want[TDM_MEM_GRADS][TDM_MEM_DEVICE] = full[TDM_MEM_GRADS];
+  want[TDM_MEM_GRADS][TDM_MEM_HOST] = 4 * psi / n;
+  want[TDM_MEM_OPTIMIZER_STATE][TDM_MEM_HOST] = 8 * psi / n;
+  /* a host master even in f32, unless it is the parameter shard */
+  want[TDM_MEM_MASTER_WEIGHTS][TDM_MEM_HOST] =
+      bf16 || !params ? 4 * psi / n : 0;
+}
+
+static void memory_offload(const zconfig *z, int precision) {
+  setup s = {precision, 1, 1, *z};
+  s.z.persistence = 0; /* nothing stays gathered after the step */
+  char label[96];
+  snprintf(label, sizeof label, "memory %s %s", precision_name(precision),
+           z->name);
+  run r;
+  tdm_memory_info info;
+  int nb = 0;
+  if (!after_a_step(&r, &s, label, &info, &nb))
+    return;
+  double psi = (double)deep_numel(&r.deep);
+  double want[TDM_MEM_NUM_CATEGORIES][TDM_MEM_NUM_LOCATIONS];
+  offload_bytes(z, precision == TDM_PRECISION_BF16, psi, want);
+  /* up to two buffers per category and location */
+  double slack = 2 * 4.0 * 32 * (r.np + (double)size * nb);
+  int failures = th_failures;
+  for (int c = 0; c < TDM_MEM_COMM_BUFFERS; c++)
+    for (int l = 0; l < TDM_MEM_NUM_LOCATIONS; l++) {
+      double got = (double)info.current[c][l];
+      TH_CHECK(got >= want[c][l] && got <= want[c][l] + (want[c][l] ? slack
+                                                                     : 0),
+               "%s N=%d: %s %.0f bytes on the %s, want %.1f .. %.1f (psi "
+               "%.0f, %d buckets)", label, size, category[c], got,
+               l == TDM_MEM_HOST ? "host" : "device", want[c][l],
+               want[c][l] + (want[c][l] ? slack : 0), psi, nb);
+    }
+  if (rank == 0 && (verbose || th_failures > failures)) {
+    char report[2048];
+    TH_OK(tdm_memory_report(r.e, report, sizeof report, NULL));
+    printf("%s N=%d:\n%s", label, size, report);
+  }
+  close_run(&r);
 }
 
 static uint64_t estimate_total(uint64_t numel, int n, int stage,
@@ -1020,10 +1094,13 @@ int main(int argc, char **argv) {
         equivalence(model, p, accum);
   double t1 = MPI_Wtime();
   fp16_scaler();
-  if (fake_gpu)
-    offload_on_gpu();
   memory(TDM_PRECISION_NO);
   memory(TDM_PRECISION_BF16);
+  for (int c = 0; c < NCONFIGS; c++)
+    if (configs[c].offload != TDM_OFFLOAD_NONE) {
+      memory_offload(&configs[c], TDM_PRECISION_NO);
+      memory_offload(&configs[c], TDM_PRECISION_BF16);
+    }
   estimates();
   window();
   for (int stage = 0; stage <= 3; stage++)

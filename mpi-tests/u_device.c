@@ -46,7 +46,7 @@ static int failures;
 
 static void fill(unsigned char *p, size_t n, unsigned seed) {
   for (size_t i = 0; i < n; i++)
-    p[i] = (unsigned char)(seed * 2654435761u + i * 40503u >> 7);
+    p[i] = (unsigned char)((seed * 2654435761u + i * 40503u) >> 7);
 }
 
 static void host_side(void) {

@@ -17,7 +17,8 @@
 #      has none;
 #   3. make check at TDM_TEST_NP=1, TDM_TEST_PML=ob1 (one GPU: NCCL with one
 #      rank), and mpi-tests/u_cuda_kernels, t_gpu_train (the engine on the
-#      GPU against the CPU) and u_device must have run, not skipped;
+#      GPU against the CPU), t_cuda_stream (a user's non-blocking stream)
+#      and u_device must have run, not skipped;
 #   4. compute-sanitizer --tool memcheck and --tool racecheck on
 #      mpi-tests/u_cuda_kernels and t_gpu_train (TDM_SANITIZE_TESTS), when built;
 #   5. bench/optim --check (and a timed run) with its GPU option, when
@@ -206,7 +207,7 @@ else
   skip "u_cuda_kernels (not built: no such test in this tree, or make check stopped first)"
 fi
 # The engine's device path on the GPU (NCCL with one rank): must have run.
-for tst in t_gpu_train u_device; do
+for tst in t_gpu_train t_cuda_stream u_device; do
   r=$(sed -n 's/^:test-result: //p' "$b/mpi-tests/$tst.trs" 2>/dev/null | sort -u | paste -sd, -)
   case $r in
     PASS) pass "$tst ran on the GPU" ;;
@@ -215,6 +216,10 @@ for tst in t_gpu_train u_device; do
     *) fail "$tst: ${r:-no result}" "$b/mpi-tests/$tst.log" ;;
   esac
 done
+# t_cuda_stream passes without its GPU part where no GPU is its own
+if [ "$gpus" -gt 0 ] && grep -q "GPU part: skip" "$b/mpi-tests/t_cuda_stream.log" 2>/dev/null; then
+  fail "t_cuda_stream skipped its GPU part though a GPU is visible" "$b/mpi-tests/t_cuda_stream.log"
+fi
 
 # ---- 4: compute-sanitizer ---------------------------------------------------------
 cs=$(command -v compute-sanitizer)

@@ -27,6 +27,9 @@ suite() { # builddir label [make arguments]: make check, counting each run
   f=$(awk '/^# (FAIL|ERROR|XPASS):/ {n += $3} END {print n + 0}' "$s" 2>/dev/null)
   k=$(awk '/^# SKIP:/ {print $3}' "$s" 2>/dev/null); k=${k:-0}
   [ "$rc" != 0 ] && [ "$f" = 0 ] && f=1 # the suite did not even run
+  if grep -E "warning:" "$log"; then # the tests themselves are -Wall clean
+    echo "FAIL: compiler warnings in the test programs ($label)"; f=$((f + 1))
+  fi
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + k))
   echo "make check ($label): $p passed, $f failed, $k skipped"
   [ "$f" = 0 ] || { grep -E '^(FAIL|ERROR)' "$log"; sed -n '/^FAIL:/,/^[A-Z]*:/p' "$s" | head -60; }
@@ -46,6 +49,15 @@ step "program outside the tree, built with pkg-config, runs under mpirun -np 3" 
    mpicc -std=c11 -Wall -Wextra -Werror '$top/tests/external/hello_tandem.c' -o '$b/hello_tandem' \
      \$(pkg-config --cflags --libs tandem) -Wl,-rpath,'$b/prefix/lib' && \
    '$top/scripts/mpirun.sh' -np 3 '$b/hello_tandem'"
+nvcc=$(command -v nvcc)
+if [ -n "$nvcc" ] && grep -q '^#define HAVE_CUDA 1' "$b/default/config.h"; then
+  cuda=$(dirname "$(dirname "$nvcc")")
+  step "installed tandem_cuda.h compiles and links outside the tree" sh -c \
+    "export PKG_CONFIG_PATH='$b/prefix/lib/pkgconfig'; \
+     mpicc -std=c11 -Wall -Wextra -Werror '$top/tests/external/cuda_header.c' -o '$b/cuda_header' \
+       \$(pkg-config --cflags --libs tandem) -I'$cuda/include' -L'$cuda/lib64' -lcudart \
+       -Wl,-rpath,'$b/prefix/lib' -Wl,-rpath,'$cuda/lib64' && '$b/cuda_header'"
+fi
 for np in 1 2 3 4; do
   step "main job: examples/mlp trains on $np ranks" \
     "$top/scripts/mpirun.sh" -np $np "$b/default/examples/mlp/mlp"

@@ -14,7 +14,8 @@ check() { # description, command...
   if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
   else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
 }
-grep -ohE '\btdm_[a-z0-9_]+[[:space:]]*\(' "$src/include/tandem.h" "$src/include/tandem_mpi.h" |
+grep -ohE '\btdm_[a-z0-9_]+[[:space:]]*\(' "$src/include/tandem.h" "$src/include/tandem_mpi.h" \
+  "$src/include/tandem_cuda.h" |
   tr -d ' (' | sort -u >"$tmp/header"
 sed -n 's/^[[:space:]]*\(tdm_[a-z0-9_]*\);.*/\1/p' "$src/src/libtandem.map" | sort -u >"$tmp/map"
 nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' | sort -u >"$tmp/exported"

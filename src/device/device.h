@@ -44,6 +44,11 @@ tdm_status tdmi_stream_create(int on_device, tdmi_stream **out);
  * user's kernels run unless told otherwise), or makes a host stream;
  * tdmi_stream_destroy frees the wrapper and leaves the stream to CUDA. */
 tdm_status tdmi_stream_default(int on_device, tdmi_stream **out);
+/* Wraps the caller's cudaStream_t (NULL: as tdmi_stream_default on a
+ * device); tdmi_stream_destroy frees the wrapper only.  TDM_ERR_INVALID_
+ * ARGUMENT for a handle CUDA does not know, TDM_ERR_NOT_SUPPORTED without
+ * CUDA or on the fake GPU. */
+tdm_status tdmi_stream_wrap(void *handle, tdmi_stream **out);
 void tdmi_stream_destroy(tdmi_stream *s);
 /* The cudaStream_t (NULL for a host stream), for kernels and NCCL. */
 void *tdmi_stream_handle(const tdmi_stream *s);

@@ -200,6 +200,7 @@ struct tdmi_stream {
   cudaStream_t cuda; /* NULL: a host stream, or the default stream */
 #endif
   int on_device;     /* a CUDA stream (never on the fake GPU) */
+  int borrowed;      /* the caller's: destroy frees the wrapper only */
 };
 
 struct tdmi_event {
@@ -255,11 +256,40 @@ tdm_status tdmi_stream_default(int on_device, tdmi_stream **out) {
   return TDM_SUCCESS;
 }
 
+tdm_status tdmi_stream_wrap(void *handle, tdmi_stream **out) {
+  if (!handle)
+    return tdmi_stream_default(1, out);
+#ifdef HAVE_CUDA
+  if (!tdmi_device_fake()) {
+    cudaError_t err = cudaStreamQuery((cudaStream_t)handle);
+    if (err != cudaSuccess && err != cudaErrorNotReady) {
+      cudaGetLastError();
+      return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "stream %p is not a live "
+                        "CUDA stream: %s", handle, cudaGetErrorString(err));
+    }
+    tdmi_stream *s = calloc(1, sizeof *s);
+    if (!s)
+      return tdmi_error(TDM_ERR_NO_MEMORY, "stream: out of memory");
+    s->cuda = (cudaStream_t)handle;
+    s->on_device = 1;
+    s->borrowed = 1;
+    *out = s;
+    return TDM_SUCCESS;
+  }
+#endif
+  return tdmi_error(TDM_ERR_NOT_SUPPORTED, "stream %p: %s", handle,
+                    tdmi_device_fake() ? "the fake GPU has no CUDA streams "
+                                         "(only NULL, its default stream)"
+                                       : "this tandem was built without "
+                                         "CUDA");
+}
+
 void tdmi_stream_destroy(tdmi_stream *s) {
   if (!s)
     return;
 #ifdef HAVE_CUDA
-  if (s->cuda) /* NULL for the default stream, which is not ours */
+  /* NULL for the default stream, which is not ours, nor is a borrowed */
+  if (s->cuda && !s->borrowed)
     cudaStreamDestroy(s->cuda);
 #endif
   free(s);

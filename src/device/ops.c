@@ -71,6 +71,19 @@ void tdmi_ops_destroy(tdmi_ops *o) {
   memset(o, 0, sizeof *o);
 }
 
+tdm_status tdmi_ops_set_stream(tdmi_ops *o, void *handle) {
+  tdmi_stream *s = NULL;
+  TDMI_TRY(tdmi_stream_wrap(handle, &s));
+  tdm_status st = tdmi_stream_synchronize(o->stream);
+  if (st != TDM_SUCCESS) {
+    tdmi_stream_destroy(s);
+    return st;
+  }
+  tdmi_stream_destroy(o->stream);
+  o->stream = s;
+  return TDM_SUCCESS;
+}
+
 tdmi_mem_kind tdmi_ops_compute_mem(const tdmi_ops *o) {
   return o->on_device ? TDMI_MEM_DEVICE : TDMI_MEM_HOST;
 }
@@ -189,11 +202,13 @@ tdm_status tdmi_ops_sumsq(tdmi_ops *o, const void *grad, tdm_dtype dtype,
 tdm_status tdmi_ops_convert(tdmi_ops *o, tdm_dtype from, const void *in,
                             tdm_dtype to, void *out, size_t n) {
 #ifdef OPS_CUDA
-  if (o->cuda)
+  if (o->cuda && tdmi_mem_is_device(out))
     return launched(tdmi_cuda_convert(from, in, to, out, n, handle(o)));
 #endif
-  tdmi_kernel_convert(&o->cpu, from, in, to, out, n);
-  return TDM_SUCCESS;
+  tdm_status st = host_turn(o);
+  if (st == TDM_SUCCESS)
+    tdmi_kernel_convert(&o->cpu, from, in, to, out, n);
+  return st;
 }
 
 tdm_status tdmi_ops_accumulate(tdmi_ops *o, tdm_dtype dtype, const void *src,

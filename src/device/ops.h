@@ -28,6 +28,9 @@ typedef struct {
  * say otherwise) or a host stream. */
 tdm_status tdmi_ops_init(tdmi_ops *o, const tdmi_kernels *cpu, int on_device);
 void tdmi_ops_destroy(tdmi_ops *o);
+/* On a device: the caller's cudaStream_t (NULL: the default stream)
+ * becomes the compute stream, after the work queued on the old one. */
+tdm_status tdmi_ops_set_stream(tdmi_ops *o, void *handle);
 
 /* The memory kind of buffers the model computes with: TDMI_MEM_DEVICE on
  * a device, else TDMI_MEM_HOST. */
@@ -55,6 +58,7 @@ tdm_status tdmi_ops_update(tdmi_ops *o, const tdmi_update *u,
 tdm_status tdmi_ops_sumsq(tdmi_ops *o, const void *grad, tdm_dtype dtype,
                           size_t n, double pre, double lo, double hi,
                           int host_array, double *out);
+/* in and out are both device memory or both host memory, as out is. */
 tdm_status tdmi_ops_convert(tdmi_ops *o, tdm_dtype from, const void *in,
                             tdm_dtype to, void *out, size_t n);
 tdm_status tdmi_ops_accumulate(tdmi_ops *o, tdm_dtype dtype, const void *src,

@@ -96,10 +96,18 @@ typedef struct {
  *               are their own master (no compute copy)
  *   copy        full compute copy (bf16/f16): mixed precision, stages 0-2
  *   grad        full gradients: stages 0-1
- *   master      this rank's shard of the values: stages 1-2 with a copy,
- *               stage 3
- *   shard_copy  this rank's shard of the compute copy: stage 3 with a copy
- *   shard_grad  this rank's shard of the gradients: stages 2-3 */
+ *   master      this rank's shard of the values: stages 1-2 with a copy
+ *               or offloaded, stage 3
+ *   shard_copy  this rank's shard of the values the model computes with
+ *               (compute dtype) where they are not the master: stage 3
+ *               with a copy, or with offload=optimizer on a device
+ *   shard_grad  this rank's shard of the gradients: stages 2-3
+ * Offload on a device (tdm_engine.offloaded) moves the optimizer's side to
+ * pinned host memory: master (and the optimizer state), plus
+ *   host_grad   the gradient shard, copied from the device at the boundary
+ *   host_copy   the shard's new compute copy, copied to the device after
+ *               the update (mixed precision; not with offload=params,
+ *               whose shard_copy is host memory already) */
 typedef struct {
   size_t count;          /* layout elements, padding included */
   size_t shard_count;    /* ZeRO: this rank's elements        */
@@ -110,6 +118,7 @@ typedef struct {
   void *grad;
   tdm_dtype grad_dtype;
   void *master, *shard_copy, *shard_grad;
+  void *host_grad, *host_copy;
 } tdmi_flat;
 
 /* The dtype the model computes with. */
@@ -179,6 +188,7 @@ struct tdm_engine {
   double loss_scale;      /* fp16 dynamic scale, set by the optimizer */
   int stage;              /* ZeRO stage 0..3 */
   tdm_offload offload;
+  int offloaded;          /* offload with buffers on a device (layout.c) */
   size_t prefetch_bytes;  /* ZeRO-3 */
   size_t persist_numel;   /* ZeRO-3 */
   int last_fetch, fetch_dir; /* ZeRO-3: the prefetch follows fetches  */
@@ -225,6 +235,9 @@ void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
                         size_t count, tdm_dtype dtype);
 void tdmi_engine_free(tdm_engine *e, tdm_memory_category category, void *p,
                       size_t count, tdm_dtype dtype);
+/* The kind of memory tdmi_engine_alloc gives category. */
+tdmi_mem_kind tdmi_engine_kind(const tdm_engine *e,
+                               tdm_memory_category category);
 /* The same in memory of a given kind (pinned staging, offload). */
 void *tdmi_engine_alloc_in(tdm_engine *e, tdmi_mem_kind kind,
                            tdm_memory_category category, size_t count,
@@ -251,6 +264,11 @@ tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
                                const char *what);
 /* ZeRO (zero.c): after an update, every rank's chunks to all. */
 tdm_status tdmi_zero_gather_params(tdm_engine *e);
+
+/* Offload on a device (offload.c): the reduced gradient shards to the
+ * host before the update; the updated values back to the device after. */
+tdm_status tdmi_offload_pull_grads(tdm_engine *e);
+tdm_status tdmi_offload_push_values(tdm_engine *e);
 
 /* Collectives on engine buffers (transport.c).  Each starts one
  * collective on channel ch into x; test and wait finish it (wait leaves
@@ -294,6 +312,8 @@ typedef struct {
   tdm_dtype copy_dtype;
   size_t first;          /* element index of data[0] in its dtype       */
   size_t count;          /* elements, padding included (always zero)    */
+  int host;              /* the arrays are host memory although the
+                            engine is on a device (offload)             */
 } tdmi_span;
 
 int tdmi_engine_span_count(const tdm_engine *e);

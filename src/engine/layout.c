@@ -106,39 +106,77 @@ static int assign(tdm_engine *e) {
   return nb;
 }
 
-static int buffer_failed(void *p, size_t count) { return count && !p; }
+/* One buffer of a tdmi_flat: its pointer and what it holds. */
+typedef struct {
+  void **slot;
+  size_t count;
+  tdm_dtype dtype;
+  tdm_memory_category category;
+  tdmi_mem_kind kind;
+} flat_buffer;
 
-/* The buffers of the stage (see tdmi_flat). */
-static tdm_status allocate_flat(tdm_engine *e, tdm_dtype d) {
+enum { MAX_FLAT_BUFFERS = 8 };
+
+/* The buffers dtype d has at this stage and offload (see tdmi_flat), in
+ * out; returns how many. */
+static int flat_buffers(tdm_engine *e, tdm_dtype d, flat_buffer *out) {
   tdmi_flat *f = &e->flat[d];
-  int s = e->stage;
-  tdm_memory_category values =
-      f->copied ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS;
+  int s = e->stage, n = 0;
+  tdmi_mem_kind dev = tdmi_ops_compute_mem(&e->ops);
+  tdmi_mem_kind host = e->offloaded ? TDMI_MEM_PINNED : dev;
+  int params_out = e->offloaded && e->offload == TDM_OFFLOAD_PARAMS;
+  /* compute values apart from the master, so the master is "master
+   * weights" even in f32 */
+  int apart = f->copied || (e->offloaded && !params_out);
+  tdm_memory_category values = apart ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS;
   size_t full = f->count, shard = f->shard_count;
+#define ADD(p, c, t, cat, k) \
+  out[n++] = (flat_buffer){(void **)&(p), c, t, cat, k}
   if (s == 0 || (s <= 2 && !f->copied))
-    f->data = tdmi_engine_alloc(e, values, full, d);
+    ADD(f->data, full, d, f->copied ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS,
+        dev);
   if (f->copied && s <= 2)
-    f->copy = tdmi_engine_alloc(e, TDM_MEM_PARAMS, full, f->copy_dtype);
+    ADD(f->copy, full, f->copy_dtype, TDM_MEM_PARAMS, dev);
   if (s <= 1)
-    f->grad = tdmi_engine_alloc(e, TDM_MEM_GRADS, full, f->grad_dtype);
-  if ((s >= 1 && s <= 2 && f->copied) || s == 3)
-    f->master = tdmi_engine_alloc(e, values, shard, d);
-  if (s == 3 && f->copied)
-    f->shard_copy = tdmi_engine_alloc(e, TDM_MEM_PARAMS, shard, f->copy_dtype);
+    ADD(f->grad, full, f->grad_dtype, TDM_MEM_GRADS, dev);
+  if ((s >= 1 && s <= 2 && (f->copied || e->offloaded)) || s == 3)
+    ADD(f->master, shard, d, values, host);
+  if (s == 3 && apart)
+    ADD(f->shard_copy, shard, tdmi_flat_compute_dtype(f, d), TDM_MEM_PARAMS,
+        params_out ? TDMI_MEM_PINNED : dev);
   if (s >= 2)
-    f->shard_grad = tdmi_engine_alloc(e, TDM_MEM_GRADS, shard, f->grad_dtype);
-  int failed = (s == 0 || (s <= 2 && !f->copied)) && buffer_failed(f->data, full);
-  failed |= f->copied && s <= 2 && buffer_failed(f->copy, full);
-  failed |= s <= 1 && buffer_failed(f->grad, full);
-  failed |= ((s >= 1 && s <= 2 && f->copied) || s == 3) &&
-            buffer_failed(f->master, shard);
-  failed |= s == 3 && f->copied && buffer_failed(f->shard_copy, shard);
-  failed |= s >= 2 && buffer_failed(f->shard_grad, shard);
-  if (failed)
-    return tdmi_error(TDM_ERR_NO_MEMORY,
-                      "tdm_prepare: out of memory for %zu %s parameters "
-                      "(zero stage %d)", full, tdmi_dtype_name(d), s);
+    ADD(f->shard_grad, shard, f->grad_dtype, TDM_MEM_GRADS, dev);
+  if (e->offloaded)
+    ADD(f->host_grad, shard, f->grad_dtype, TDM_MEM_GRADS, TDMI_MEM_PINNED);
+  if (e->offloaded && f->copied && !params_out)
+    ADD(f->host_copy, shard, f->copy_dtype, TDM_MEM_PARAMS, TDMI_MEM_PINNED);
+#undef ADD
+  return n;
+}
+
+static tdm_status allocate_flat(tdm_engine *e, tdm_dtype d) {
+  flat_buffer buf[MAX_FLAT_BUFFERS];
+  int n = flat_buffers(e, d, buf);
+  for (int i = 0; i < n; i++) {
+    flat_buffer *b = &buf[i];
+    *b->slot = tdmi_engine_alloc_in(e, b->kind, b->category, b->count,
+                                    b->dtype);
+    if (b->count && !*b->slot)
+      return tdmi_error(TDM_ERR_NO_MEMORY,
+                        "tdm_prepare: out of %s memory for %zu %s "
+                        "parameters (zero stage %d)",
+                        b->kind == TDMI_MEM_DEVICE ? "device" : "host",
+                        e->flat[d].count, tdmi_dtype_name(d), e->stage);
+  }
   return TDM_SUCCESS;
+}
+
+static void free_flat(tdm_engine *e, tdm_dtype d) {
+  flat_buffer buf[MAX_FLAT_BUFFERS];
+  int n = flat_buffers(e, d, buf);
+  for (int i = 0; i < n; i++)
+    tdmi_engine_free_in(e, buf[i].kind, buf[i].category, *buf[i].slot,
+                        buf[i].count, buf[i].dtype);
 }
 
 tdm_status tdmi_layout_build(tdm_engine *e) {
@@ -180,7 +218,7 @@ static tdm_status keep_gathered(tdm_engine *e, tdmi_bucket *b,
 /* Copies the full values of bucket b (rank 0's, already broadcast) into
  * the buffers of the stage. */
 static tdm_status distribute(tdm_engine *e, tdmi_bucket *b,
-                             const char *values) {
+                             const char *values, const char *host) {
   tdmi_flat *f = &e->flat[b->dtype];
   size_t esize = tdmi_dtype_size(b->dtype);
   size_t csize = tdmi_dtype_size(f->copy_dtype);
@@ -192,10 +230,17 @@ static tdm_status distribute(tdm_engine *e, tdmi_bucket *b,
   if (f->master)
     TDMI_TRY(tdmi_ops_copy(o, (char *)f->master + b->shard_first * esize,
                            mine, b->chunk * esize));
-  if (f->shard_copy)
-    TDMI_TRY(tdmi_ops_convert(o, b->dtype, mine, f->copy_dtype,
+  /* offload=params: a host shard, converted from the host's values */
+  const char *src = tdmi_mem_is_device(f->shard_copy)
+                        ? mine
+                        : host + (mine - values);
+  if (f->shard_copy && f->copied)
+    TDMI_TRY(tdmi_ops_convert(o, b->dtype, src, f->copy_dtype,
                               (char *)f->shard_copy + b->shard_first * csize,
                               b->chunk));
+  else if (f->shard_copy)
+    TDMI_TRY(tdmi_ops_copy(o, (char *)f->shard_copy + b->shard_first * esize,
+                           mine, b->chunk * esize));
   if (e->stage == 3 && module_numel(e, b->module) < e->persist_numel)
     return keep_gathered(e, b, values);
   return TDM_SUCCESS;
@@ -244,7 +289,7 @@ static tdm_status load_bucket(tdm_engine *e, tdmi_bucket *b) {
   if (st == TDM_SUCCESS && values != host)
     st = tdmi_ops_copy(&e->ops, values, host, bytes);
   if (st == TDM_SUCCESS)
-    st = distribute(e, b, values);
+    st = distribute(e, b, values, host);
   if (st == TDM_SUCCESS) /* the copies read host before it goes */
     st = tdmi_ops_synchronize(&e->ops);
   if (host != full)
@@ -266,18 +311,8 @@ tdm_status tdmi_layout_load_initial(tdm_engine *e) {
 
 void tdmi_layout_free(tdm_engine *e) {
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    tdmi_flat *f = &e->flat[d];
-    tdm_memory_category values =
-        f->copied ? TDM_MEM_MASTER_WEIGHTS : TDM_MEM_PARAMS;
-    tdmi_engine_free(e, values, f->data, f->count, (tdm_dtype)d);
-    tdmi_engine_free(e, TDM_MEM_PARAMS, f->copy, f->count, f->copy_dtype);
-    tdmi_engine_free(e, TDM_MEM_GRADS, f->grad, f->count, f->grad_dtype);
-    tdmi_engine_free(e, values, f->master, f->shard_count, (tdm_dtype)d);
-    tdmi_engine_free(e, TDM_MEM_PARAMS, f->shard_copy, f->shard_count,
-                     f->copy_dtype);
-    tdmi_engine_free(e, TDM_MEM_GRADS, f->shard_grad, f->shard_count,
-                     f->grad_dtype);
-    memset(f, 0, sizeof *f);
+    free_flat(e, (tdm_dtype)d);
+    memset(&e->flat[d], 0, sizeof e->flat[d]);
   }
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];

@@ -9,9 +9,11 @@
 
 #include "engine.h"
 
-/* Every engine buffer lives where the model computes. */
-static tdmi_mem_kind kind_of(const tdm_engine *e, tdm_memory_category c) {
-  (void)c;
+/* Engine buffers live where the model computes, but offload puts the
+ * optimizer state in pinned host memory (layout.c places the others). */
+tdmi_mem_kind tdmi_engine_kind(const tdm_engine *e, tdm_memory_category c) {
+  if (e->offloaded && c == TDM_MEM_OPTIMIZER_STATE)
+    return TDMI_MEM_PINNED;
   return tdmi_ops_compute_mem(&e->ops);
 }
 
@@ -67,12 +69,12 @@ void tdmi_engine_free_in(tdm_engine *e, tdmi_mem_kind kind,
 
 void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
                         size_t n, tdm_dtype dtype) {
-  return tdmi_engine_alloc_in(e, kind_of(e, category), category, n, dtype);
+  return tdmi_engine_alloc_in(e, tdmi_engine_kind(e, category), category, n, dtype);
 }
 
 void tdmi_engine_free(tdm_engine *e, tdm_memory_category category, void *p,
                       size_t n, tdm_dtype dtype) {
-  tdmi_engine_free_in(e, kind_of(e, category), category, p, n, dtype);
+  tdmi_engine_free_in(e, tdmi_engine_kind(e, category), category, p, n, dtype);
 }
 
 void tdmi_mem_gathered(tdm_engine *e, int64_t delta) {

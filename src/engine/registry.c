@@ -65,12 +65,8 @@ static tdm_status pick_precision(tdm_engine *e) {
   tdmi_kernels cpu;
   TDMI_TRY(tdmi_kernels_init(&cpu, (tdm_cpu_isa)c->cpu_isa, c->cpu_threads));
   int on_device = e->ctx->device_kind == TDM_DEVICE_CUDA;
-  if (on_device && e->offload != TDM_OFFLOAD_NONE)
-    return tdmi_error(TDM_ERR_NOT_SUPPORTED,
-                      "tdm_engine_create: offload=%s with parameters on a GPU "
-                      "is not implemented yet (use offload=none, or "
-                      "device=cpu)", e->offload == TDM_OFFLOAD_PARAMS
-                                         ? "params" : "optimizer");
+  /* on the CPU everything is host memory already */
+  e->offloaded = on_device && e->offload != TDM_OFFLOAD_NONE;
   TDMI_TRY(tdmi_ops_init(&e->ops, &cpu, on_device));
   return tdmi_sum_op_create(e->reduce_dtype, &e->reduce_op);
 }
@@ -506,8 +502,14 @@ static tdmi_span shard_span(const tdm_engine *e, const tdmi_bucket *b) {
   const tdmi_flat *f = &e->flat[b->dtype];
   size_t off = b->first + (size_t)e->ctx->rank * b->chunk;
   tdm_dtype d = b->dtype, cd = f->copy_dtype, gd = b->grad_dtype;
-  tdmi_span s = {d, NULL, NULL, gd, NULL, cd, off, b->chunk};
+  tdmi_span s = {d, NULL, NULL, gd, NULL, cd, off, b->chunk, e->offloaded};
   s.data = f->master ? at(f->master, b->shard_first, d) : at(f->data, off, d);
+  if (e->offloaded) { /* the host side: the engine moves the rest */
+    s.grad = at(f->host_grad, b->shard_first, gd);
+    s.copy = at(f->host_copy ? f->host_copy : f->copied ? f->shard_copy : NULL,
+                b->shard_first, cd);
+    return s;
+  }
   s.grad = f->shard_grad ? at(f->shard_grad, b->shard_first, gd)
                          : at(f->grad, off, gd);
   if (f->copied)
@@ -524,7 +526,7 @@ tdmi_span tdmi_engine_span(const tdm_engine *e, int i) {
     if (f->count == 0 || i-- > 0)
       continue;
     return (tdmi_span){d, f->data, f->grad, f->grad_dtype, f->copy,
-                       f->copy_dtype, 0, f->count};
+                       f->copy_dtype, 0, f->count, 0};
   }
   return (tdmi_span){0};
 }

@@ -333,6 +333,8 @@ tdm_status tdm_backward_end(tdm_engine *e) {
     st = tdmi_error(e->comm_status, "%s: %s", fn, e->comm_msg);
   else
     st = unused;
+  if (st == TDM_SUCCESS && e->at_boundary && e->offloaded)
+    st = tdmi_offload_pull_grads(e);
   st = tdmi_agree(e->comm, st, fn);
   if (st != TDM_SUCCESS && e->at_boundary)
     tdmi_engine_step_end(e, 0); /* a failed cycle is dropped, not stepped */
@@ -398,14 +400,14 @@ tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
 
 /* The gradients kept across micro-steps: full (stages 0-1) or this
  * rank's shard (2-3).  The update zeroes what it reads; stage 1 keeps the
- * other ranks' chunks too. */
+ * other ranks' chunks too, and offload reads host copies. */
 static tdm_status zero_grads(tdm_engine *e, int updated) {
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
     size_t gsize = tdmi_dtype_size(f->grad_dtype);
     if (f->grad && (!updated || e->stage == 1))
       TDMI_TRY(tdmi_ops_zero(&e->ops, f->grad, f->count * gsize));
-    if (f->shard_grad && !updated)
+    if (f->shard_grad && (!updated || e->offloaded))
       TDMI_TRY(tdmi_ops_zero(&e->ops, f->shard_grad, f->shard_count * gsize));
   }
   return TDM_SUCCESS;
@@ -416,8 +418,9 @@ tdm_status tdmi_engine_step_end(tdm_engine *e, int updated) {
   e->at_boundary = 0;
   if (!updated || e->stage == 0)
     return zeroed;
-  tdm_status st = e->stage == 3 ? tdmi_fetch_regather(e)
-                                : tdmi_zero_gather_params(e);
+  tdm_status st = e->offloaded ? tdmi_offload_push_values(e) : TDM_SUCCESS;
+  if (st == TDM_SUCCESS)
+    st = e->stage == 3 ? tdmi_fetch_regather(e) : tdmi_zero_gather_params(e);
   if (st == TDM_SUCCESS)
     st = zeroed;
   return tdmi_agree(e->comm, st, "tdm_step (gathering updated parameters)");

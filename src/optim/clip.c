@@ -24,8 +24,8 @@ static tdm_status grad_sumsq(tdm_optimizer *opt, const tdmi_clip *c,
     const tdmi_span *s = &opt->spans[i].span;
     double part = 0.0;
     TDMI_TRY(tdmi_ops_sumsq(&opt->engine->ops, s->grad, s->grad_dtype,
-                            s->count, c->pre / opt->scale, c->lo, c->hi, 0,
-                            &part));
+                            s->count, c->pre / opt->scale, c->lo, c->hi,
+                            s->host, &part));
     local += part;
   }
   TDMI_TRY(tdmi_engine_sum_partials(opt->engine, &local, 1));

@@ -22,6 +22,7 @@ typedef struct {
 typedef struct {
   tdmi_span span;
   void *state0, *state1; /* span.dtype; NULL when the kind has none */
+  tdmi_mem_kind state_kind;
   tdmi_segment *segments;
   int nsegments;
 } tdmi_opt_span;

@@ -120,19 +120,20 @@ tdm_status tdmi_optim_check_boundary(tdm_optimizer *opt, const char *fn) {
 
 /* The state lives in the engine's accounting while the engine does; an
  * optimizer may outlive its engine. */
-static void free_state(tdm_optimizer *opt, void *state, const tdmi_span *s) {
+static void free_state(tdm_optimizer *opt, void *state,
+                       const tdmi_opt_span *s) {
   if (tdmi_handle_live(opt->engine, TDMI_HANDLE_ENGINE))
-    tdmi_engine_free(opt->engine, TDM_MEM_OPTIMIZER_STATE, state, s->count,
-                     s->dtype);
+    tdmi_engine_free_in(opt->engine, s->state_kind, TDM_MEM_OPTIMIZER_STATE,
+                        state, s->span.count, s->span.dtype);
   else
-    free(state);
+    tdmi_mem_free(s->state_kind, state);
 }
 
 static void optimizer_free(tdm_optimizer *opt) {
   tdmi_handle_unregister(opt, TDMI_HANDLE_OPTIMIZER);
   for (int i = 0; opt->spans && i < opt->nspans; i++) {
-    free_state(opt, opt->spans[i].state0, &opt->spans[i].span);
-    free_state(opt, opt->spans[i].state1, &opt->spans[i].span);
+    free_state(opt, opt->spans[i].state0, &opt->spans[i]);
+    free_state(opt, opt->spans[i].state1, &opt->spans[i]);
     free(opt->spans[i].segments);
   }
   free(opt->spans);
@@ -144,10 +145,12 @@ static void optimizer_free(tdm_optimizer *opt) {
 /* Zeroed state for span s, on cache lines like the values it goes with
  * (a vector load never spans two lines), or NULL when the kind does not
  * use it. */
-static tdm_status state_array(tdm_optimizer *opt, int used, const tdmi_span *s,
-                              void **out) {
-  *out = used ? tdmi_engine_alloc(opt->engine, TDM_MEM_OPTIMIZER_STATE,
-                                  s->count, s->dtype)
+static tdm_status state_array(tdm_optimizer *opt, int used,
+                              const tdmi_opt_span *os, void **out) {
+  const tdmi_span *s = &os->span;
+  *out = used ? tdmi_engine_alloc_in(opt->engine, os->state_kind,
+                                     TDM_MEM_OPTIMIZER_STATE, s->count,
+                                     s->dtype)
               : NULL;
   if (used && !*out)
     return tdmi_error(TDM_ERR_NO_MEMORY,
@@ -172,8 +175,9 @@ static tdm_status allocate_state(tdm_optimizer *opt) {
   for (int i = 0; i < opt->nspans; i++) {
     tdmi_opt_span *s = &opt->spans[i];
     s->span = tdmi_engine_span(opt->engine, i);
-    TDMI_TRY(state_array(opt, uses0, &s->span, &s->state0));
-    TDMI_TRY(state_array(opt, uses1, &s->span, &s->state1));
+    s->state_kind = tdmi_engine_kind(opt->engine, TDM_MEM_OPTIMIZER_STATE);
+    TDMI_TRY(state_array(opt, uses0, s, &s->state0));
+    TDMI_TRY(state_array(opt, uses1, s, &s->state1));
   }
   return TDM_SUCCESS;
 }
@@ -254,7 +258,7 @@ static tdm_status update_segment(const tdm_optimizer *opt,
       .state0 = at(s->state0, seg->begin, sp->dtype),
       .state1 = at(s->state1, seg->begin, sp->dtype),
       .n = seg->end - seg->begin, .zero_grad = 1};
-  return tdmi_ops_update(&opt->engine->ops, u, &a, 0);
+  return tdmi_ops_update(&opt->engine->ops, u, &a, sp->host);
 }
 
 /* torch.amp.GradScaler.update: back off on inf/nan, grow after
