@@ -231,9 +231,8 @@ static tdm_status distribute(tdm_engine *e, tdmi_bucket *b,
     TDMI_TRY(tdmi_ops_copy(o, (char *)f->master + b->shard_first * esize,
                            mine, b->chunk * esize));
   /* offload=params: a host shard, converted from the host's values */
-  const char *src = tdmi_mem_is_device(f->shard_copy)
-                        ? mine
-                        : host + (mine - values);
+  int host_shard = e->offloaded && e->offload == TDM_OFFLOAD_PARAMS;
+  const char *src = host_shard ? host + (mine - values) : mine;
   if (f->shard_copy && f->copied)
     TDMI_TRY(tdmi_ops_convert(o, b->dtype, src, f->copy_dtype,
                               (char *)f->shard_copy + b->shard_first * csize,
