@@ -41,6 +41,10 @@ suite() { # builddir label [make arguments]: make check, counting each run
 step "build (default: CUDA auto-detected)" \
   "$top/scripts/build.sh" "$b/default" --prefix="$b/prefix"
 suite "$b/default" default
+# tandem_cuda.h needs CUDA's headers: its fake-GPU part runs here.
+export TANDEM_TEST_FAKE_GPU=1
+suite "$b/default" "fake GPU, tandem_cuda.h" TESTS=mpi-tests/t_cuda_stream
+unset TANDEM_TEST_FAKE_GPU
 step "make install" make -C "$b/default" install
 step "installed libtandem.so exports only tdm_* symbols" sh -c \
   "nm -D --defined-only '$b/prefix/lib/libtandem.so' | awk '{print \$3}' | grep -v '^tdm_' | grep . && exit 1; nm -D --defined-only '$b/prefix/lib/libtandem.so' | grep -q tdm_allreduce"
