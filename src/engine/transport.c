@@ -21,14 +21,19 @@
 static const char *const xport_names[] = {"host", "nccl", "mpi", "staged"};
 
 /* The transport every rank can use, as gpu_collectives asks. */
-static tdm_status pick_xport(tdm_engine *e, int nccl_everywhere) {
+static tdm_status pick_xport(tdm_engine *e) {
   int want = e->ctx->config.gpu_collectives;
-  /* Fake GPU memory is host memory: MPI takes it as CUDA-aware MPI would. */
-  int aware = tdmi_mpi_cuda_aware() || tdmi_device_fake(), all_aware = 0;
-  int rc = MPI_Allreduce(&aware, &all_aware, 1, MPI_INT, MPI_MIN,
-                         e->ctx->comm);
+  /* What every rank has: NCCL (not asked away), and MPI that takes device
+   * pointers (fake GPU memory is host memory: any MPI takes it). */
+  int mine[2] = {tdmi_nccl_version() > 0 && !tdmi_device_fake() &&
+                     want != TDM_GPU_COLLECTIVES_MPI &&
+                     want != TDM_GPU_COLLECTIVES_STAGED,
+                 tdmi_mpi_cuda_aware() || tdmi_device_fake()};
+  int all[2] = {0, 0};
+  int rc = MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MIN, e->ctx->comm);
   if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "MPI_Allreduce (CUDA-aware MPI)");
+    return tdmi_mpi_error(rc, "MPI_Allreduce (NCCL and CUDA-aware MPI)");
+  int nccl_everywhere = all[0], all_aware = all[1];
   if (want == TDM_GPU_COLLECTIVES_NCCL && !nccl_everywhere)
     return tdmi_error(TDM_ERR_CONFIG, "tdm_engine_create: gpu_collectives="
                       "nccl, but NCCL is not available on every rank "
@@ -76,16 +81,8 @@ static void close_channel(tdmi_channel *ch) {
 tdm_status tdmi_xport_open(tdm_engine *e) {
   e->reduce_ch.comm = e->gather_ch.comm = MPI_COMM_NULL;
   e->xport = TDMI_XPORT_HOST;
-  if (e->ops.on_device) {
-    int want = tdmi_nccl_version() > 0 && !tdmi_device_fake() &&
-               e->ctx->config.gpu_collectives != TDM_GPU_COLLECTIVES_MPI &&
-               e->ctx->config.gpu_collectives != TDM_GPU_COLLECTIVES_STAGED;
-    int all = 0;
-    int rc = MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, e->ctx->comm);
-    if (rc != MPI_SUCCESS)
-      return tdmi_mpi_error(rc, "MPI_Allreduce (NCCL wanted)");
-    TDMI_TRY(pick_xport(e, all));
-  }
+  if (e->ops.on_device)
+    TDMI_TRY(pick_xport(e));
   int nccl = e->xport == TDMI_XPORT_NCCL;
   TDMI_TRY(open_channel(e, &e->reduce_ch, nccl));
   e->comm = e->reduce_ch.comm;
