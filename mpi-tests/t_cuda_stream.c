@@ -13,8 +13,8 @@
  *    gradient g = 0.25 (step + 1) (rank + 1), and marks it ready at once.
  *    The values read back on the stream right after tdm_step (a
  *    device-to-host copy queued there, then a wait for that stream only)
- *    must be w0 - 0.25 (step + 1) (N + 1) / 2 exactly (every number is
- *    exact in f32), at every step: the engine has ordered its reduction
+ *    must be w0 minus the sum over steps and ranks of g exactly (the
+ *    engine sums; every number is exact in f32), at every step: the engine has ordered its reduction
  *    after the stream's copies and its update and gathers before the
  *    stream's next work.  tdm_get_cuda_stream returns the stream.
  * Skips (77) in builds without CUDA, where tandem_cuda.h cannot be
@@ -184,7 +184,8 @@ static void train_on_stream(int stage, user_side *u) {
     TH_OK(tdm_grad_ready(e, p));
     TH_OK(tdm_backward_end(e));
     TH_OK(tdm_step(opt, NULL));
-    want -= 0.25f * (float)(step + 1) * (float)(size + 1) / 2.0f;
+    /* the engine sums (the model would scale by tdm_loss_scale) */
+    want -= 0.25f * (float)(step + 1) * (float)(size * (size + 1) / 2);
     TH_OK(tdm_param_buffers(e, p, &data, NULL));
     double err = data ? values_on_stream(u, data, want) : 1e30;
     TH_CHECK(err == 0, "stage %d N=%d step %d: values on the user's stream "
