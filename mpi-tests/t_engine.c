@@ -316,7 +316,12 @@ int main(int argc, char **argv) {
   for (int m = 0; m < nmodes; m++) {
     run probe;
     probe.ctx = context(MPI_COMM_WORLD, 1, modes[m]);
+    probe.e = NULL;
     TH_OK(tdm_engine_create(probe.ctx, &probe.e));
+    if (!probe.e) { /* the rest would only use a missing engine */
+      tdm_finalize(probe.ctx);
+      break;
+    }
     tdm_progress_mode got;
     tdm_device_kind kind;
     int index;
