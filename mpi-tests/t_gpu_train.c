@@ -54,7 +54,9 @@
  *
  * Skips (exit 77) without a GPU unless TANDEM_TEST_FAKE_GPU=1, and on a
  * real GPU when a node has more ranks than GPUs (NCCL needs one GPU per
- * rank).  TDM_TEST_VERBOSE=1 prints a line per configuration. */
+ * rank).  TDM_TEST_VERBOSE=1 prints a line per configuration;
+ * TDM_TEST_QUICK=1 runs a smaller set (2 micro-steps; stages 0, 2, 3,
+ * offload=optimizer at stage 3, offload=params), for compute-sanitizer. */
 #include <stdint.h>
 
 #include "config.h"
@@ -640,12 +642,20 @@ int main(int argc, char **argv) {
       {2, TDM_OFFLOAD_NONE},      {3, TDM_OFFLOAD_NONE},
       {1, TDM_OFFLOAD_OPTIMIZER}, {2, TDM_OFFLOAD_OPTIMIZER},
       {3, TDM_OFFLOAD_OPTIMIZER}, {3, TDM_OFFLOAD_PARAMS}};
-  for (size_t i = 0; i < sizeof placements / sizeof placements[0]; i++)
+  /* TDM_TEST_QUICK=1 (under compute-sanitizer): every kernel and copy
+   * path still, 2 micro-steps only, stages 0, 2, 3 and both offloads */
+  const char *q = getenv("TDM_TEST_QUICK");
+  int quick = q && strcmp(q, "1") == 0;
+  for (size_t i = 0; i < sizeof placements / sizeof placements[0]; i++) {
+    if (quick && (placements[i][0] == 1 || (placements[i][0] == 2 &&
+                                             placements[i][1])))
+      continue;
     for (int p = TDM_PRECISION_NO; p <= TDM_PRECISION_BF16 && d.x && d.y; p++)
-      for (int accum = 1; accum <= MAX_ACCUM; accum++) {
+      for (int accum = quick ? MAX_ACCUM : 1; accum <= MAX_ACCUM; accum++) {
         config c = {placements[i][0], p, accum, placements[i][1]};
         configuration(&c, &d);
       }
+  }
   free(d.x);
   free(d.y);
   if (rank == 0)

@@ -19,9 +19,12 @@
 #      rank), and mpi-tests/u_cuda_kernels, t_gpu_train (the engine on the
 #      GPU against the CPU), t_cuda_stream (a user's non-blocking stream)
 #      and u_device must have run, not skipped;
-#   4. compute-sanitizer --tool memcheck and --tool racecheck on
-#      mpi-tests/u_cuda_kernels and t_gpu_train (TDM_SANITIZE_TESTS), when built;
-#   5. bench/optim --check (and a timed run) with its GPU option, when
+#   4. bench/optim_gpu: the fused AdamW kernel beside the copy roofline and
+#      torch's fused AdamW (the acceptance figures, before the slow steps);
+#   5. compute-sanitizer --tool memcheck and --tool racecheck on
+#      mpi-tests/u_cuda_kernels and t_gpu_train (TDM_SANITIZE_TESTS; with
+#      TDM_TEST_QUICK=1, t_gpu_train's smaller set), when built;
+#   6. bench/optim --check (and a timed run) with its GPU option, when
 #      `optim --help` shows one (--device cuda, --gpu or --cuda; or set
 #      TDM_OPTIM_GPU_ARGS);
 #
@@ -221,7 +224,18 @@ if [ "$gpus" -gt 0 ] && grep -q "GPU part: skip" "$b/mpi-tests/t_cuda_stream.log
   fail "t_cuda_stream skipped its GPU part though a GPU is visible" "$b/mpi-tests/t_cuda_stream.log"
 fi
 
-# ---- 4: compute-sanitizer ---------------------------------------------------------
+# ---- 4: the fused AdamW kernel vs the copy roofline and torch's fused AdamW --
+# (before the sanitizers: the acceptance figures first, while time is left)
+g=$b/bench/optim_gpu
+if [ ! -x "$g" ]; then
+  fail "bench/optim_gpu was not built (nvcc missing?)"
+else
+  step "bench/optim_gpu (targets: 85% of the copy bandwidth, 1.0x torch fused)" 240 \
+    "$g" --torch-script bench/optim_torch.py && sed 's/^/  | /' "$out"
+  cp "$out" "$logdir/optim_gpu.txt" 2>/dev/null
+fi
+
+# ---- 5: compute-sanitizer ---------------------------------------------------------
 cs=$(command -v compute-sanitizer)
 for c in "$cuda/bin/compute-sanitizer" "$cuda/compute-sanitizer/compute-sanitizer"; do
   [ -z "$cs" ] && [ -x "$c" ] && cs=$c
@@ -234,14 +248,15 @@ for tst in ${TDM_SANITIZE_TESTS:-u_cuda_kernels t_gpu_train}; do
   for tool in memcheck racecheck; do
     # libtool --mode=execute: the test may be a libtool wrapper script.
     # shellcheck disable=SC2086
+    # TDM_TEST_QUICK: t_gpu_train's smaller set of configurations
     step "compute-sanitizer --tool $tool mpi-tests/$tst" 240 \
-      "$b/libtool" --mode=execute "$cs" --tool "$tool" --error-exitcode 99 \
-      ${TDM_SANITIZER_ARGS:-} "$x"
+      env TDM_TEST_QUICK=1 "$b/libtool" --mode=execute "$cs" --tool "$tool" \
+      --error-exitcode 99 ${TDM_SANITIZER_ARGS:-} "$x"
     grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$out" | sed 's/^/  /' | tee -a "$log"
   done
 done
 
-# ---- 5: bench/optim on the GPU -------------------------------------------------
+# ---- 6: bench/optim on the GPU -------------------------------------------------
 o=$b/bench/optim
 if [ ! -x "$o" ]; then
   fail "bench/optim was not built"
@@ -267,13 +282,4 @@ else
   fi
 fi
 
-# ---- 6: the fused AdamW kernel vs the copy roofline and torch's fused AdamW --
-g=$b/bench/optim_gpu
-if [ ! -x "$g" ]; then
-  fail "bench/optim_gpu was not built (nvcc missing?)"
-else
-  step "bench/optim_gpu (targets: 85% of the copy bandwidth, 1.0x torch fused)" 240 \
-    "$g" --torch-script bench/optim_torch.py && sed 's/^/  | /' "$out"
-  cp "$out" "$logdir/optim_gpu.txt" 2>/dev/null
-fi
 finish
