@@ -215,6 +215,13 @@ struct tdm_engine {
   char comm_msg[512];
 };
 
+/* ZeRO: the element index, in the full buffers, of this rank's chunk of
+ * bucket b. */
+static inline size_t tdmi_own_first(const tdm_engine *e,
+                                    const tdmi_bucket *b) {
+  return b->first + (size_t)e->ctx->rank * b->chunk;
+}
+
 /* NULL check and a live context. */
 tdm_status tdmi_engine_check(const tdm_engine *e, const char *fn);
 /* TDM_ERR_INVALID_USAGE unless tdm_prepare succeeded. */

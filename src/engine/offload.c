@@ -14,8 +14,7 @@ static const void *device_grad_chunk(const tdm_engine *e,
   size_t gsize = tdmi_dtype_size(b->grad_dtype);
   if (f->shard_grad)
     return (const char *)f->shard_grad + b->shard_first * gsize;
-  size_t off = b->first + (size_t)e->ctx->rank * b->chunk;
-  return (const char *)f->grad + off * gsize;
+  return (const char *)f->grad + tdmi_own_first(e, b) * gsize;
 }
 
 tdm_status tdmi_offload_pull_grads(tdm_engine *e) {
@@ -40,8 +39,8 @@ static void *device_values_chunk(const tdm_engine *e, const tdmi_bucket *b) {
     return e->offload == TDM_OFFLOAD_PARAMS
                ? NULL
                : (char *)f->shard_copy + b->shard_first * csize;
-  size_t off = b->first + (size_t)e->ctx->rank * b->chunk;
-  return (char *)(f->copied ? f->copy : f->data) + off * csize;
+  return (char *)(f->copied ? f->copy : f->data) +
+         tdmi_own_first(e, b) * csize;
 }
 
 tdm_status tdmi_offload_push_values(tdm_engine *e) {

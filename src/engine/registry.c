@@ -500,7 +500,7 @@ static void *at(void *base, size_t i, tdm_dtype dtype) {
 
 static tdmi_span shard_span(const tdm_engine *e, const tdmi_bucket *b) {
   const tdmi_flat *f = &e->flat[b->dtype];
-  size_t off = b->first + (size_t)e->ctx->rank * b->chunk;
+  size_t off = tdmi_own_first(e, b);
   tdm_dtype d = b->dtype, cd = f->copy_dtype, gd = b->grad_dtype;
   tdmi_span s = {d, NULL, NULL, gd, NULL, cd, off, b->chunk, e->offloaded};
   s.data = f->master ? at(f->master, b->shard_first, d) : at(f->data, off, d);

@@ -120,7 +120,7 @@ static tdm_status own_part(tdm_engine *e, const tdmi_param *p, char *out) {
   const tdmi_bucket *b = &e->buckets[p->bucket];
   const tdmi_flat *f = &e->flat[p->dtype];
   size_t esize = tdmi_dtype_size(p->dtype);
-  size_t lo = b->first + (size_t)e->ctx->rank * b->chunk, hi = lo + b->chunk;
+  size_t lo = tdmi_own_first(e, b), hi = lo + b->chunk;
   size_t from = p->first > lo ? p->first : lo;
   size_t to = p->first + p->numel < hi ? p->first + p->numel : hi;
   memset(out, 0, p->numel * esize);
