@@ -53,6 +53,8 @@ typedef enum {
   TDM_ERR_INTERNAL = 11,        /* a bug in tandem                         */
   TDM_ERR_NCCL = 12,            /* an NCCL call failed or timed out; the
                                    communicator was aborted               */
+  TDM_ERR_FORMAT = 13,          /* a file's contents are corrupt,
+                                   truncated or inconsistent              */
   TDM_NUM_STATUSES
 } tdm_status;
 
@@ -768,6 +770,103 @@ typedef struct tdm_optimizer_info {
 /* info->size must be set by the caller. */
 tdm_status tdm_get_optimizer_info(const tdm_optimizer *optimizer,
                                   tdm_optimizer_info *info);
+
+/* ---- checkpoints -------------------------------------------------------------- */
+/*
+ * A checkpoint is a folder:
+ *
+ *   model.safetensors                    the parameters by registered name
+ *     (or model-00001-of-0000N.safetensors ... and
+ *      model.safetensors.index.json, Hugging Face's sharded layout)
+ *   optimizer.safetensors                every state buffer per parameter,
+ *                                        "<name>.exp_avg", "<name>.exp_avg_sq",
+ *                                        "<name>.momentum_buffer"; with
+ *                                        16-bit weights also "<name>.master"
+ *   state.json                           step, schedule, loss scaler, RNG
+ *                                        offsets, options, user data
+ *   done                                 written last: the folder is complete
+ *
+ * Tensors are whole (logical) tensors, whatever the world size and ZeRO
+ * stage at save; each rank writes and reads only its own byte ranges with
+ * collective MPI-IO.  tdm_save_state writes into ROOT/checkpoint-<step>
+ * (step: optimizer boundaries so far, skipped fp16 steps included) through
+ * ROOT/checkpoint-<step>.tmp-<pid>: files and folders are fsynced, the
+ * folder renamed, then the done marker written, so a crash at any moment
+ * leaves every earlier checkpoint intact.
+ */
+
+typedef struct tdm_checkpoint_options {
+  size_t size;             /* sizeof(tdm_checkpoint_options) in the caller */
+  /* save */
+  int total_limit;         /* keep the newest total_limit checkpoints under
+                              ROOT, removing older ones after the new one is
+                              committed; 0: keep all                       */
+  int64_t max_shard_bytes; /* model weights in shards of at most this many
+                              tensor bytes (a larger tensor gets its own
+                              shard); 0: one model.safetensors             */
+  int weights_dtype;       /* dtype of model.safetensors: TDM_UNSET: each
+                              parameter's own (the f32/f64 master values);
+                              TDM_BF16, TDM_F16 or TDM_F32: converted (the
+                              masters then also go to optimizer.safetensors,
+                              so a resume stays exact)                      */
+  const void *user_data;   /* save: rank 0's bytes, restored by load; may be
+                              NULL                                         */
+  size_t user_bytes;
+  /* load */
+  void *user_buffer;       /* load: receives the saved user data           */
+  size_t user_capacity;    /* bytes of user_buffer                         */
+  size_t *user_out;        /* load: the saved size (may be NULL)           */
+  /* both: RNG streams whose offsets are saved and restored */
+  tdm_rng *const *rngs;
+  int rng_count;
+  /* out, both: the checkpoint folder written or read (may be NULL) */
+  char *path_out;
+  size_t path_capacity;
+} tdm_checkpoint_options;
+
+#define TDM_CHECKPOINT_OPTIONS_INIT                                        \
+  { sizeof(tdm_checkpoint_options), 0, 0, TDM_UNSET, NULL, 0, NULL, 0,     \
+    NULL, NULL, 0, NULL, 0 }
+
+tdm_status tdm_checkpoint_options_init(tdm_checkpoint_options *options);
+
+/* Collective over the engine's ranks, between micro-steps at the end of an
+ * accumulation cycle (after tdm_step; never mid-cycle).  Saves parameters,
+ * optimizer state (optimizer may be NULL: weights and state.json only) and
+ * the options' extras into ROOT/checkpoint-<step>; root is created if
+ * missing.  Every rank returns the same status.  options may be NULL. */
+tdm_status tdm_save_state(tdm_engine *engine, tdm_optimizer *optimizer,
+                          const char *root,
+                          const tdm_checkpoint_options *options);
+
+/* Collective.  path is a checkpoint folder, or a ROOT of tdm_save_state:
+ * then its newest complete checkpoint.  Restores parameters, optimizer
+ * state and counters, the loss scaler and the RNG offsets; the engine
+ * may have another world size, ZeRO stage or offload than at save (the
+ * tensors are re-sharded), the registered parameters must match by name,
+ * shape and dtype.  Same settings: training continues bit for bit.
+ * After tdm_prepare and tdm_optimizer_create (its groups and schedule set
+ * up), between micro-steps at a cycle boundary.  options may be NULL. */
+tdm_status tdm_load_state(tdm_engine *engine, tdm_optimizer *optimizer,
+                          const char *path,
+                          const tdm_checkpoint_options *options);
+
+/* Not collective, no MPI.  The newest complete checkpoint-<step> folder
+ * under root (one with its done marker) into path (size bytes);
+ * TDM_ERR_IO naming root when there is none. */
+tdm_status tdm_latest_checkpoint(const char *root, char *path, size_t size);
+
+/* tdm_load_weights flags: convert tensors of another floating dtype to
+ * the parameter's (else a dtype mismatch is an error). */
+#define TDM_WEIGHTS_CONVERT 1
+
+/* Collective.  Loads parameter values by name from a safetensors file, a
+ * Hugging Face model.safetensors.index.json, or a folder holding either
+ * (a checkpoint, a PyTorch export).  Every registered parameter must be
+ * present with its shape; tensors of other names are ignored.  The
+ * optimizer state is not touched.  After tdm_prepare, between
+ * micro-steps. */
+tdm_status tdm_load_weights(tdm_engine *engine, const char *path, int flags);
 
 /* The ZeRO paper's model-state bytes per rank (Rajbhandari et al. 2020,
  * section 5): numel f32 parameters over world_size ranks at zero_stage,

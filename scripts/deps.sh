@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages tandem needs, only those missing (idempotent).
 # The same names exist in Spack / RHEL: openmpi, libyaml(-devel), autoconf,
-# automake, libtool, pkgconf.
+# automake, libtool, pkgconf, jansson(-devel).
 set -e
-packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev"
+packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev libjansson-dev"
 missing=
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

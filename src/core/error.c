@@ -20,6 +20,8 @@ static const char *const status_names[TDM_NUM_STATUSES] = {
     [TDM_ERR_REMOTE] = "TDM_ERR_REMOTE: another rank failed",
     [TDM_ERR_INTERNAL] = "TDM_ERR_INTERNAL: internal error",
     [TDM_ERR_NCCL] = "TDM_ERR_NCCL: an NCCL call failed or timed out",
+    [TDM_ERR_FORMAT] = "TDM_ERR_FORMAT: corrupt, truncated or inconsistent "
+                       "file",
 };
 
 const char *tdm_status_string(tdm_status status) {

@@ -338,6 +338,9 @@ tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step);
  * after an update (updated) gives every rank the new values.
  * Collective. */
 tdm_status tdmi_engine_step_end(tdm_engine *e, int updated);
+/* After new master values were written into the spans: refreshes the
+ * compute copies and gathers them as after an update.  Collective. */
+tdm_status tdmi_engine_values_loaded(tdm_engine *e);
 /* The fp16 loss scale tdm_loss_scale multiplies in. */
 void tdmi_engine_set_loss_scale(tdm_engine *e, double scale);
 

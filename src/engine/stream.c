@@ -429,3 +429,23 @@ tdm_status tdmi_engine_step_end(tdm_engine *e, int updated) {
 void tdmi_engine_set_loss_scale(tdm_engine *e, double scale) {
   e->loss_scale = scale;
 }
+
+/* New master values were written into every span (a checkpoint, loaded
+ * weights): the compute copies follow, then every rank's parts go where
+ * the model reads them, as after an update. */
+tdm_status tdmi_engine_values_loaded(tdm_engine *e) {
+  tdm_status st = TDM_SUCCESS;
+  for (int i = 0; st == TDM_SUCCESS && i < tdmi_engine_span_count(e); i++) {
+    tdmi_span s = tdmi_engine_span(e, i);
+    if (s.copy)
+      st = tdmi_ops_convert(&e->ops, s.dtype, s.data, s.copy_dtype, s.copy,
+                            s.count);
+  }
+  if (st == TDM_SUCCESS)
+    st = tdmi_ops_synchronize(&e->ops);
+  TDMI_TRY(tdmi_agree(e->comm, st, "loading parameter values"));
+  if (e->stage == 0)
+    return TDM_SUCCESS;
+  e->at_boundary = 1;
+  return tdmi_engine_step_end(e, 1);
+}

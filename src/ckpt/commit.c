@@ -1,0 +1,398 @@
+/* commit.c - a checkpoint folder appears whole or not at all.  Files are
+ * written under a temporary name, fsynced with their folder, the folder
+ * is renamed into place, and only then the done marker is written: a
+ * crash at any moment leaves every earlier checkpoint as it was.  The
+ * marker lists each file with its size, so a truncated file is noticed
+ * before anything is read. */
+#define _GNU_SOURCE /* renameat2 */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ckpt.h"
+
+#define MAX_MARKER (1u << 20)
+
+static tdm_status io_error(const char *what, const char *path) {
+  return tdmi_error(TDM_ERR_IO, "%s: %s: %s", path, what, strerror(errno));
+}
+
+static tdm_status fsync_path(const char *path) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0)
+    return io_error("cannot open to fsync", path);
+  int rc = fsync(fd);
+  close(fd);
+  return rc == 0 ? TDM_SUCCESS : io_error("fsync failed", path);
+}
+
+static char *join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *s = malloc(n);
+  if (s)
+    snprintf(s, n, "%s/%s", dir, name);
+  return s;
+}
+
+tdm_status tdmi_write_file(const char *path, const void *bytes, size_t n) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0)
+    return io_error("cannot create", path);
+  const char *p = bytes;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      tdm_status st = io_error("write failed", path);
+      close(fd);
+      return st;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  int rc = fsync(fd);
+  if (close(fd) != 0 || rc != 0)
+    return io_error("fsync failed", path);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,
+                          size_t *n) {
+  FILE *fp = fopen(path, "rb");
+  if (!fp)
+    return io_error("cannot open", path);
+  struct stat sb;
+  tdm_status st = TDM_SUCCESS;
+  if (fstat(fileno(fp), &sb) != 0)
+    st = io_error("cannot stat", path);
+  else if ((uint64_t)sb.st_size > max)
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: %lld bytes, more than the %zu a "
+                    "file of this kind may have", path,
+                    (long long)sb.st_size, max);
+  else if (!(*bytes = malloc((size_t)sb.st_size + 1)))
+    st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", path);
+  else if (fread(*bytes, 1, (size_t)sb.st_size, fp) != (size_t)sb.st_size) {
+    st = io_error("read failed", path);
+    free(*bytes);
+  }
+  fclose(fp);
+  if (st == TDM_SUCCESS) {
+    (*bytes)[sb.st_size] = '\0';
+    *n = (size_t)sb.st_size;
+  }
+  return st;
+}
+
+tdm_status tdmi_remove_tree(const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) != 0)
+    return errno == ENOENT ? TDM_SUCCESS : io_error("cannot stat", path);
+  if (S_ISDIR(sb.st_mode)) {
+    DIR *d = opendir(path);
+    if (!d)
+      return io_error("cannot open folder", path);
+    tdm_status st = TDM_SUCCESS;
+    for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+      if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
+        continue;
+      char *child = join(path, ent->d_name);
+      st = child ? tdmi_remove_tree(child)
+                 : tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+      free(child);
+    }
+    closedir(d);
+    if (st != TDM_SUCCESS)
+      return st;
+    return rmdir(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+  }
+  return unlink(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+}
+
+/* ---- the done marker ---- */
+
+/* "tandem-checkpoint 1\n" then "<size> <name>\n" per file. */
+static tdm_status write_marker(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return io_error("cannot open folder", dir);
+  size_t cap = 4096, len = 0;
+  char *text = malloc(cap);
+  tdm_status st = text ? TDM_SUCCESS
+                       : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  if (text)
+    len = (size_t)snprintf(text, cap, "tandem-checkpoint %d\n",
+                           TDMI_CKPT_FORMAT_VERSION);
+  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+    if (ent->d_name[0] == '.' || !strcmp(ent->d_name, TDMI_CKPT_DONE))
+      continue;
+    char *file = join(dir, ent->d_name);
+    struct stat sb;
+    if (!file || stat(file, &sb) != 0) {
+      st = file ? io_error("cannot stat", file)
+                : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+    } else {
+      size_t need = len + strlen(ent->d_name) + 32;
+      char *grown = need > cap ? realloc(text, cap = 2 * need) : text;
+      if (!grown)
+        st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+      else {
+        text = grown;
+        len += (size_t)snprintf(text + len, cap - len, "%lld %s\n",
+                                (long long)sb.st_size, ent->d_name);
+      }
+    }
+    free(file);
+  }
+  closedir(d);
+  char *marker = join(dir, TDMI_CKPT_DONE);
+  if (st == TDM_SUCCESS)
+    st = marker ? tdmi_write_file(marker, text, len)
+                : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  free(marker);
+  free(text);
+  return st;
+}
+
+static tdm_status check_listed(const char *dir, const char *name,
+                               long long size, const char *marker) {
+  if (!name[0] || strchr(name, '/') || name[0] == '.')
+    return tdmi_error(TDM_ERR_FORMAT, "%s: lists a bad file name \"%s\"",
+                      marker, name);
+  char *file = join(dir, name);
+  if (!file)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  struct stat sb;
+  tdm_status st = TDM_SUCCESS;
+  if (stat(file, &sb) != 0)
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: missing (listed in %s)", file,
+                    marker);
+  else if ((long long)sb.st_size != size)
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: %lld bytes, but %s lists %lld "
+                    "(truncated or changed)", file, (long long)sb.st_size,
+                    marker, size);
+  free(file);
+  return st;
+}
+
+tdm_status tdmi_commit_verify(const char *dir) {
+  char *marker = join(dir, TDMI_CKPT_DONE);
+  if (!marker)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  char *text = NULL;
+  size_t n = 0;
+  struct stat sb;
+  tdm_status st = TDM_SUCCESS;
+  if (stat(marker, &sb) != 0)
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: no done marker %s: the checkpoint "
+                    "is incomplete (a save was interrupted)", dir, marker);
+  else
+    st = tdmi_read_file(marker, MAX_MARKER, &text, &n);
+  int version = 0, used = 0;
+  if (st == TDM_SUCCESS &&
+      (sscanf(text, "tandem-checkpoint %d\n%n", &version, &used) != 1 ||
+       used == 0 || version != TDMI_CKPT_FORMAT_VERSION))
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: not a tandem done marker of format "
+                    "%d", marker, TDMI_CKPT_FORMAT_VERSION);
+  for (char *line = text ? text + used : NULL; st == TDM_SUCCESS && *line;) {
+    char *end = strchr(line, '\n');
+    long long size = -1;
+    char name[256];
+    int k = 0;
+    if (!end || end - line >= 300 ||
+        sscanf(line, "%lld %255[^\n]%n", &size, name, &k) != 2 ||
+        line + k != end || size < 0)
+      st = tdmi_error(TDM_ERR_FORMAT, "%s: bad line %.40s", marker, line);
+    else
+      st = check_listed(dir, name, size, marker);
+    line = end ? end + 1 : line;
+  }
+  free(text);
+  free(marker);
+  return st;
+}
+
+/* ---- the folder's life ---- */
+
+/* Step of a name "checkpoint-<digits>" (exactly), else -1. */
+static long long step_of(const char *name) {
+  size_t np = strlen(TDMI_CKPT_PREFIX);
+  if (strncmp(name, TDMI_CKPT_PREFIX, np) != 0 || !name[np])
+    return -1;
+  long long step = 0;
+  for (const char *c = name + np; *c; c++) {
+    if (*c < '0' || *c > '9' || step > (1LL << 58))
+      return -1;
+    step = step * 10 + (*c - '0');
+  }
+  return step;
+}
+
+static int has_marker(const char *dir) {
+  char *marker = join(dir, TDMI_CKPT_DONE);
+  struct stat sb;
+  int yes = marker && stat(marker, &sb) == 0;
+  free(marker);
+  return yes;
+}
+
+static tdm_status make_dirs(const char *path) {
+  char *p = strdup(path);
+  if (!p)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  tdm_status st = TDM_SUCCESS;
+  for (char *c = p + 1; st == TDM_SUCCESS; c++) {
+    int last = *c == '\0';
+    if (*c != '/' && !last)
+      continue;
+    *c = '\0';
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+      st = io_error("cannot create folder", p);
+    if (last)
+      break;
+    *c = '/';
+  }
+  free(p);
+  return st;
+}
+
+tdm_status tdmi_commit_begin(const char *root, const char *final,
+                             const char *tmp) {
+  TDMI_TRY(make_dirs(root));
+  DIR *d = opendir(root);
+  if (!d)
+    return io_error("cannot open folder", root);
+  tdm_status st = TDM_SUCCESS;
+  const char *final_name = strrchr(final, '/') + 1;
+  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+    const char *name = ent->d_name;
+    int leftover = strncmp(name, TDMI_CKPT_PREFIX, strlen(TDMI_CKPT_PREFIX))
+                       == 0 && strstr(name, ".tmp-") != NULL;
+    char *path = join(root, name);
+    if (!path)
+      st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+    else if (leftover ||
+             (step_of(name) >= 0 && strcmp(name, final_name) != 0 &&
+              !has_marker(path)))
+      st = tdmi_remove_tree(path);
+    free(path);
+  }
+  closedir(d);
+  if (st == TDM_SUCCESS && mkdir(tmp, 0755) != 0)
+    st = io_error("cannot create folder", tmp);
+  return st;
+}
+
+static tdm_status fsync_files(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return io_error("cannot open folder", dir);
+  tdm_status st = TDM_SUCCESS;
+  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+    if (ent->d_name[0] == '.')
+      continue;
+    char *file = join(dir, ent->d_name);
+    st = file ? fsync_path(file)
+              : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+    free(file);
+  }
+  closedir(d);
+  return st == TDM_SUCCESS ? fsync_path(dir) : st;
+}
+
+tdm_status tdmi_commit_finish(const char *root, const char *tmp,
+                              const char *final) {
+  TDMI_TRY(fsync_files(tmp));
+  struct stat sb;
+  if (stat(final, &sb) != 0) { /* the usual case: rename, then mark */
+    if (rename(tmp, final) != 0)
+      return io_error("cannot rename the new checkpoint into place", final);
+    TDMI_TRY(fsync_path(root));
+    TDMI_TRY(write_marker(final));
+    return fsync_path(final);
+  }
+  /* A checkpoint of this step exists (a resumed run saving the same step
+   * again): the new one is marked first, then the two swap atomically, so
+   * a complete one is in place at every moment. */
+  TDMI_TRY(write_marker(tmp));
+  TDMI_TRY(fsync_path(tmp));
+  if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) != 0)
+    return io_error("cannot exchange the new checkpoint with the old", final);
+  TDMI_TRY(fsync_path(root));
+  return tdmi_remove_tree(tmp); /* now the old one */
+}
+
+static int by_step(const void *a, const void *b) {
+  long long x = *(const long long *)a, y = *(const long long *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The steps of root's complete checkpoints, ascending. */
+static tdm_status list_complete(const char *root, long long **steps,
+                                size_t *n) {
+  DIR *d = opendir(root);
+  if (!d)
+    return io_error("cannot open folder", root);
+  size_t cap = 16;
+  *n = 0;
+  *steps = malloc(cap * sizeof **steps);
+  tdm_status st = *steps ? TDM_SUCCESS
+                         : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+    long long step = step_of(ent->d_name);
+    char *path = step >= 0 ? join(root, ent->d_name) : NULL;
+    if (path && has_marker(path)) {
+      long long *grown = *n == cap ? realloc(*steps, (cap *= 2) * sizeof **steps)
+                                   : *steps;
+      if (!grown)
+        st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+      else
+        (*steps = grown)[(*n)++] = step;
+    }
+    free(path);
+  }
+  closedir(d);
+  if (st == TDM_SUCCESS)
+    qsort(*steps, *n, sizeof **steps, by_step);
+  return st;
+}
+
+tdm_status tdmi_commit_rotate(const char *root, int keep) {
+  long long *steps = NULL;
+  size_t n = 0;
+  tdm_status st = list_complete(root, &steps, &n);
+  for (size_t i = 0; st == TDM_SUCCESS && i + (size_t)keep < n; i++) {
+    char name[64];
+    snprintf(name, sizeof name, TDMI_CKPT_PREFIX "%lld", steps[i]);
+    char *path = join(root, name);
+    st = path ? tdmi_remove_tree(path)
+              : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+    free(path);
+  }
+  free(steps);
+  return st;
+}
+
+tdm_status tdm_latest_checkpoint(const char *root, char *path, size_t size) {
+  const char *fn = "tdm_latest_checkpoint";
+  TDMI_CHECK_PTR(root, fn);
+  TDMI_CHECK_PTR(path, fn);
+  long long *steps = NULL;
+  size_t n = 0;
+  TDMI_TRY(list_complete(root, &steps, &n));
+  long long newest = n ? steps[n - 1] : -1;
+  free(steps);
+  if (newest < 0)
+    return tdmi_error(TDM_ERR_IO, "%s: %s holds no complete %s<step> folder",
+                      fn, root, TDMI_CKPT_PREFIX);
+  int len = snprintf(path, size, "%s/" TDMI_CKPT_PREFIX "%lld", root, newest);
+  if (len < 0 || (size_t)len >= size)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: path needs %d bytes, "
+                      "size is %zu", fn, len + 1, size);
+  return TDM_SUCCESS;
+}
