@@ -1,6 +1,10 @@
 /* main.c - data-parallel training of a small regression MLP, the README's
  * main job:
- *   mpirun -np 4 ./examples/mlp/mlp [steps]
+ *   mpirun -np 4 ./examples/mlp/mlp [--steps N] [--save-dir DIR
+ *       --save-every K] [--resume DIR]
+ * --save-dir writes DIR/checkpoint-<step> every K steps (the newest 3
+ * kept); --resume continues from the newest complete checkpoint in DIR,
+ * on the same trajectory as a run that was never stopped.
  * Every rank takes its slice of each global batch; tandem averages the
  * gradients across ranks (and across TANDEM_GRADIENT_ACCUMULATION_STEPS
  * micro-steps) while backward goes on.  The main rank prints the loss.
@@ -10,6 +14,7 @@
  * each layer before use, so every stage runs it unchanged). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model.h"
 
@@ -26,6 +31,37 @@
     }                                                                    \
   } while (0)
 
+/* What the loop needs to continue after a resume, saved as user data. */
+typedef struct {
+  long micro, skipped;
+  int step;
+  double first_loss;
+} progress;
+
+typedef struct {
+  int steps, save_every;
+  const char *save_dir, *resume;
+} args;
+
+static int parse(int argc, char **argv, args *a) {
+  *a = (args){300, 0, NULL, NULL};
+  for (int i = 1; i < argc; i++) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(argv[i], "--steps") && v)
+      a->steps = atoi(v);
+    else if (!strcmp(argv[i], "--save-dir") && v)
+      a->save_dir = v;
+    else if (!strcmp(argv[i], "--save-every") && v)
+      a->save_every = atoi(v);
+    else if (!strcmp(argv[i], "--resume") && v)
+      a->resume = v;
+    else
+      return 0;
+    i++;
+  }
+  return a->steps > 0 && (!a->save_dir || a->save_every > 0);
+}
+
 int main(int argc, char **argv) {
   tdm_context *ctx;
   tdm_engine *engine;
@@ -36,7 +72,13 @@ int main(int argc, char **argv) {
   tdm_options init = TDM_OPTIONS_INIT;
   init.device = TDM_DEVICE_CPU;
   TRY(tdm_init(&argc, &argv, &init, &ctx));
-  int steps = argc > 1 ? atoi(argv[1]) : 300, rank, size, accum;
+  args a;
+  if (!parse(argc, argv, &a)) {
+    fprintf(stderr, "usage: mlp [--steps N] [--save-dir DIR --save-every K] "
+            "[--resume DIR]\n");
+    return 2;
+  }
+  int steps = a.steps, rank, size, accum;
   TRY(tdm_get_rank(ctx, &rank));
   TRY(tdm_get_world_size(ctx, &size));
   tdm_options o = TDM_OPTIONS_INIT;
@@ -56,9 +98,21 @@ int main(int argc, char **argv) {
   TRY(tdm_print(ctx, "mlp: %d ranks x batch %d x %d micro-steps, %d steps\n",
                 size, BATCH_PER_RANK, accum, steps));
 
-  double scale, loss, step_loss = 0, mean_loss, first_loss = 0;
-  long micro = 0, skipped = 0;
-  for (int step = 0; step < steps;) {
+  progress at = {0, 0, 0, 0.0};
+  tdm_checkpoint_options ck = TDM_CHECKPOINT_OPTIONS_INIT;
+  ck.total_limit = 3;
+  ck.user_buffer = &at;
+  ck.user_capacity = sizeof at;
+  char from[4096];
+  if (a.resume) {
+    ck.path_out = from;
+    ck.path_capacity = sizeof from;
+    TRY(tdm_load_state(engine, opt, a.resume, &ck));
+    TRY(tdm_print(ctx, "mlp: resumed from %s at step %d\n", from, at.step));
+  }
+  double scale, loss, step_loss = 0, mean_loss = 0, first_loss = at.first_loss;
+  long micro = at.micro, skipped = at.skipped;
+  for (int step = at.step; step < steps;) {
     /* This rank's slice of the next global micro-batch. */
     long first = (micro++ * size + rank) * BATCH_PER_RANK % DATASET;
     int boundary;
@@ -85,6 +139,12 @@ int main(int argc, char **argv) {
       TRY(tdm_print(ctx, "step %4d  loss %.6f\n", step, mean_loss));
     step_loss = 0;
     step++;
+    if (a.save_dir && step % a.save_every == 0) {
+      at = (progress){micro, skipped, step, first_loss};
+      ck.user_data = &at;
+      ck.user_bytes = sizeof at;
+      TRY(tdm_save_state(engine, opt, a.save_dir, &ck));
+    }
   }
   /* The main job doubles as a check: training must have worked. */
   int learned = mean_loss < 0.25 * first_loss;
