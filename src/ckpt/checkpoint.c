@@ -224,7 +224,7 @@ static tdm_status move_file(const ctx_t *c, const char *file, const item *items,
     if (st == TDM_SUCCESS)
       st = tdmi_ops_synchronize(&c->e->ops);
   }
-  st = tdmi_agree(c->e->comm, st, file);
+  st = tdmi_agree_status(c->e->comm, st, file);
   if (st == TDM_SUCCESS)
     st = c->loading ? tdmi_tensorio_read(c->e->comm, file, &m.pieces, buf)
                     : tdmi_tensorio_write(c->e->comm, file, &m.pieces, buf);
@@ -234,7 +234,7 @@ static tdm_status move_file(const ctx_t *c, const char *file, const item *items,
     st = tdmi_ops_synchronize(&c->e->ops);
   free(buf);
   moves_free(&m);
-  return c->loading ? tdmi_agree(c->e->comm, st, file) : st;
+  return c->loading ? tdmi_agree_status(c->e->comm, st, file) : st;
 }
 
 /* ---- options ---- */
@@ -392,7 +392,7 @@ static tdm_status save_file(const ctx_t *c, const char *path,
   if (st == TDM_SUCCESS)
     st = tdmi_st_build_finish(b, &key, &value, 1, &prefix, &len);
   tdmi_st_build_free(b);
-  st = tdmi_agree(c->e->comm, st, path);
+  st = tdmi_agree_status(c->e->comm, st, path);
   if (st == TDM_SUCCESS)
     st = move_file(c, path, items, n, begins, len, prefix,
                    c->e->ctx->rank == 0 ? len : 0);
@@ -505,7 +505,7 @@ static tdm_status save_model(const ctx_t *c, const char *dir, int dtype,
   free(first);
   items_free(items, e->nparams);
   *nfiles = nshards;
-  return tdmi_agree(e->comm, st, TDMI_CKPT_INDEX);
+  return tdmi_agree_status(e->comm, st, TDMI_CKPT_INDEX);
 }
 
 static tdm_status save_optimizer(const ctx_t *c, const char *dir,
@@ -559,7 +559,7 @@ static tdm_status collect_state(const ctx_t *c,
   tdm_status st = mine && s->rng_offsets ? TDM_SUCCESS : no_memory();
   for (int i = 0; st == TDM_SUCCESS && i < o->rng_count; i++)
     st = tdm_rng_get_offset(o->rngs[i], &mine[i]);
-  st = tdmi_agree(e->comm, st, "tdm_save_state (RNG offsets)");
+  st = tdmi_agree_status(e->comm, st, "tdm_save_state (RNG offsets)");
   /* rank-major: offsets[r * nrngs + i]; state.json wants per stream */
   uint64_t *by_rank = st == TDM_SUCCESS
                           ? calloc((size_t)o->rng_count * e->ctx->size + 1,
@@ -606,7 +606,7 @@ static tdm_status save_body(const ctx_t *c, const char *tmp,
   if (st == TDM_SUCCESS && c->e->ctx->rank == 0)
     st = save_small(tmp, &s, o);
   tdmi_state_free(&s);
-  return tdmi_agree(c->e->comm, st, "tdm_save_state (state.json)");
+  return tdmi_agree_status(c->e->comm, st, "tdm_save_state (state.json)");
 }
 
 tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
@@ -622,7 +622,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
     st = tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: root is too long", fn);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st; /* no engine: no communicator to agree on */
-  TDMI_TRY(tdmi_agree(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
   const ctx_t c = {e, opt, 0};
   int64_t step = opt ? opt->steps + opt->skipped : 0;
   char final[3200], tmp[3300];
@@ -630,7 +630,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
            (long long)step);
   snprintf(tmp, sizeof tmp, "%s.tmp-%ld", final, (long)getpid());
   st = e->ctx->rank == 0 ? tdmi_commit_begin(root, final, tmp) : TDM_SUCCESS;
-  TDMI_TRY(tdmi_agree(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
   TDMI_TRY(share_string(e->comm, tmp, sizeof tmp));
   st = save_body(&c, tmp, &o);
   if (st == TDM_SUCCESS && e->ctx->rank == 0) {
@@ -640,7 +640,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
   }
   if (st != TDM_SUCCESS && e->ctx->rank == 0)
     tdmi_remove_tree(tmp); /* the failed attempt; older ones stay */
-  st = tdmi_agree(e->comm, st, fn);
+  st = tdmi_agree_status(e->comm, st, fn);
   if (st == TDM_SUCCESS)
     put_path(&o, final);
   return st;
@@ -659,11 +659,11 @@ static tdm_status read_shared(MPI_Comm comm, const char *path, size_t max,
                             : TDM_SUCCESS;
   if (st == TDM_SUCCESS && rank == 0)
     len = *n;
-  TDMI_TRY(tdmi_agree(comm, st, path));
+  TDMI_TRY(tdmi_agree_status(comm, st, path));
   MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
   if (rank != 0 && !(*text = malloc(len + 1)))
     st = no_memory();
-  st = tdmi_agree(comm, st, path);
+  st = tdmi_agree_status(comm, st, path);
   if (st == TDM_SUCCESS)
     st = tdmi_bcast_bytes(comm, *text, len, 0);
   if (st == TDM_SUCCESS) {
@@ -767,11 +767,11 @@ static tdm_status model_files(MPI_Comm comm, const char *path, char **lines) {
   tdm_status st = rank == 0 ? model_files_local(path, lines) : TDM_SUCCESS;
   if (rank == 0 && st == TDM_SUCCESS)
     len = strlen(*lines);
-  TDMI_TRY(tdmi_agree(comm, st, path));
+  TDMI_TRY(tdmi_agree_status(comm, st, path));
   MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
   if (rank != 0 && !(*lines = calloc(len + 1, 1)))
     st = no_memory();
-  st = tdmi_agree(comm, st, path);
+  st = tdmi_agree_status(comm, st, path);
   if (st == TDM_SUCCESS)
     st = tdmi_bcast_bytes(comm, *lines, len, 0);
   return st;
@@ -962,7 +962,7 @@ static tdm_status restore_user(const ctx_t *c, const char *dir,
                     "options->user_capacity = %zu, the saved user data has "
                     "%llu bytes", o->user_capacity,
                     (unsigned long long)s->user_bytes);
-  TDMI_TRY(tdmi_agree(c->e->comm, st, "tdm_load_state (user data)"));
+  TDMI_TRY(tdmi_agree_status(c->e->comm, st, "tdm_load_state (user data)"));
   char *path = path_in(dir, TDMI_CKPT_USER), *bytes = NULL;
   size_t n = 0;
   st = path ? read_shared(c->e->comm, path, (size_t)s->user_bytes, &bytes, &n)
@@ -1010,7 +1010,7 @@ static tdm_status load_body(const ctx_t *c, const char *dir,
   if (st == TDM_SUCCESS && (c->opt || s.weights_dtype != TDM_UNSET))
     st = load_optimizer(c, dir, s.weights_dtype);
   if (st == TDM_SUCCESS)
-    st = tdmi_agree(c->e->comm, restore_rngs(c, &s, o), "tdm_load_state");
+    st = tdmi_agree_status(c->e->comm, restore_rngs(c, &s, o), "tdm_load_state");
   if (st == TDM_SUCCESS)
     st = restore_user(c, dir, &s, o);
   if (st == TDM_SUCCESS)
@@ -1034,11 +1034,11 @@ tdm_status tdm_load_state(tdm_engine *e, tdm_optimizer *opt, const char *path,
     st = read_options(options, &o, fn);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st;
-  TDMI_TRY(tdmi_agree(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
   char dir[4096] = "";
   st = e->ctx->rank == 0 ? resolve_checkpoint(path, dir, sizeof dir)
                          : TDM_SUCCESS;
-  TDMI_TRY(tdmi_agree(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
   TDMI_TRY(share_string(e->comm, dir, sizeof dir));
   const ctx_t c = {e, opt, 1};
   TDMI_TRY(load_body(&c, dir, &o));
@@ -1056,7 +1056,7 @@ tdm_status tdm_load_weights(tdm_engine *e, const char *path, int flags) {
                     "or TDM_WEIGHTS_CONVERT", fn, flags);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st;
-  TDMI_TRY(tdmi_agree(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
   const ctx_t c = {e, NULL, 1};
   TDMI_TRY(load_values(&c, path, TDM_UNSET, flags & TDM_WEIGHTS_CONVERT,
                        path));

@@ -48,6 +48,11 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
  * message, the others get TDM_ERR_REMOTE naming it.  what names the step.
  */
 tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what);
+/* The same, but every rank returns the failing rank's status (its
+ * message prefixed with what and the rank): for work one rank does for
+ * all, such as reading a file's header. */
+tdm_status tdmi_agree_status(MPI_Comm comm, tdm_status local,
+                             const char *what);
 
 /* TDM_ERR_INVALID_ARGUMENT "fn: name is NULL" when p is NULL; a status
  * rather than a return, so it can feed FIRST_FAILURE. */

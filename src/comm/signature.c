@@ -87,7 +87,8 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
   return st;
 }
 
-tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
+static tdm_status agree(MPI_Comm comm, tdm_status local, const char *what,
+                        int same_status) {
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
@@ -108,8 +109,20 @@ tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
     return local;
   if (rc != MPI_SUCCESS)
     return tdmi_mpi_error(rc, "MPI_Bcast (agreement)");
+  if (same_status)
+    return tdmi_error((tdm_status)status, "%s (rank %d): %s", what, first,
+                      msg);
   return tdmi_error(TDM_ERR_REMOTE, "%s failed on rank %d: %s: %s", what, first,
                     tdm_status_string((tdm_status)status), msg);
+}
+
+tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
+  return agree(comm, local, what, 0);
+}
+
+tdm_status tdmi_agree_status(MPI_Comm comm, tdm_status local,
+                             const char *what) {
+  return agree(comm, local, what, 1);
 }
 
 tdm_status tdmi_check_ptr(const char *fn, const void *p, const char *name) {
