@@ -66,7 +66,8 @@ static tdm_status plan_make(const tdmi_pieces *p, plan *out) {
   if (!out->v || !out->rounds)
     return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
   tdmi_piece *sorted = out->v + (cap - p->n);
-  memcpy(sorted, p->v, p->n * sizeof *sorted);
+  if (p->n)
+    memcpy(sorted, p->v, p->n * sizeof *sorted);
   qsort(sorted, p->n, sizeof *sorted, by_file_off);
   uint64_t in_round = ROUND_BYTES;
   for (size_t i = 0; i < p->n; i++) {
