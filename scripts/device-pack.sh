@@ -1,5 +1,5 @@
 #!/bin/sh
-# scripts/device-pack.sh [--check]: packs Open MPI, libyaml and the
+# scripts/device-pack.sh [--check]: packs Open MPI, libyaml, jansson and the
 # Autotools for the GPU machine of the `device` tool. That machine has CUDA,
 # NCCL and gcc, but no MPI, no Autotools and no network. Run this HERE
 # (Debian bookworm, amd64, as root or with sudo), from anywhere in the
@@ -61,7 +61,7 @@ debs=${TDM_DEVICE_DEBS:-/var/tmp/tandem-device-debs}
 multiarch=x86_64-linux-gnu
 
 roots="openmpi-bin libopenmpi3 libopenmpi-dev openmpi-common
-  libyaml-0-2 libyaml-dev
+  libyaml-0-2 libyaml-dev libjansson4 libjansson-dev
   autoconf automake autotools-dev libtool m4 make
   pkg-config pkgconf pkgconf-bin libpkgconf3 perl-base"
 # Never packed (nor followed): on every glibc system, the compiler the
