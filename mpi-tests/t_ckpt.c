@@ -28,7 +28,8 @@
  *      (and a root without any complete checkpoint), a truncated weight
  *      file, a corrupt state.json, a header length past the end of the
  *      file, weights of another shape, a missing tensor, the state of
- *      another optimizer kind. */
+ *      another optimizer kind.
+ * With TANDEM_TEST_FAKE_GPU=1 every engine runs on the fake GPU. */
 #include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -46,6 +47,9 @@
 static const int width[NL + 1] = {7, 13, 5, 11, 3};
 static int rank, size;
 static char root[512];
+/* TANDEM_TEST_FAKE_GPU=1: every engine on the fake GPU (the device path:
+ * staging copies from device buffers, offload to host memory). */
+static int fake_gpu;
 
 typedef struct {
   const char *name;
@@ -80,7 +84,7 @@ static int open_with(run *r, MPI_Comm comm, const cfg *c, uint64_t seed,
   r->nl = nl;
   r->width = w;
   tdm_options o = TDM_OPTIONS_INIT;
-  o.device = TDM_DEVICE_CPU;
+  o.device = fake_gpu ? TDM_DEVICE_CUDA : TDM_DEVICE_CPU;
   o.first_bucket_bytes = 256;
   o.bucket_cap_bytes = 512;
   o.zero_stage = c->stage;
@@ -589,6 +593,8 @@ static void remove_root(void) {
 
 int main(int argc, char **argv) {
   th_init(&argc, &argv, MPI_THREAD_FUNNELED, &rank, &size);
+  const char *fake = getenv("TANDEM_TEST_FAKE_GPU");
+  fake_gpu = fake && !strcmp(fake, "1");
   make_root();
   TH_CHECK(root[0], "no temporary folder");
   for (size_t i = 0; root[0] && i < sizeof resume_cfgs / sizeof *resume_cfgs;
