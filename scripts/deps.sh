@@ -1,9 +1,14 @@
 #!/bin/sh
 # Installs the Debian packages tandem needs, only those missing (idempotent).
+# --test adds what the test suite uses beyond the build: clang with
+# libFuzzer (the safetensors fuzz pass) and python3-venv (a venv with the
+# safetensors and numpy wheels, the interop oracle).
 # The same names exist in Spack / RHEL: openmpi, libyaml(-devel), autoconf,
 # automake, libtool, pkgconf, jansson(-devel).
 set -e
 packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev libjansson-dev"
+[ "${1:-}" = --test ] &&
+  packages="$packages clang libclang-rt-14-dev python3 python3-venv"
 missing=
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

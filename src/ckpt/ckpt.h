@@ -1,8 +1,8 @@
 /* ckpt.h - internal interface of the checkpoint layer: safetensors files
  * read and written in parallel with collective MPI-IO (tensorio.c), the
  * folder's atomic commit, rotation and lookup (commit.c), state.json
- * (state.c); checkpoint.c puts them together behind tdm_save_state,
- * tdm_load_state and tdm_load_weights.  Not installed. */
+ * (state.c); tensors.c, save.c and load.c put them together behind
+ * tdm_save_state, tdm_load_state and tdm_load_weights.  Not installed. */
 #ifndef TDM_CKPT_H
 #define TDM_CKPT_H
 
@@ -121,5 +121,58 @@ tdm_status tdmi_index_dump(uint64_t total, const char *const *tensors,
 tdm_status tdmi_index_parse(const char *file, const char *json, size_t n,
                             char ***files, int *nfiles);
 void tdmi_strings_free(char **v, int n);
+
+/* ---- a checkpoint's tensors and each rank's part of them (tensors.c) ---- */
+
+enum { TDMI_CKPT_VALUES = 0, TDMI_CKPT_STATE0 = 1, TDMI_CKPT_STATE1 = 2 };
+
+/* One tensor of a file: which array of which parameter, in what dtype. */
+typedef struct {
+  int param;
+  int which;       /* TDMI_CKPT_VALUES, _STATE0, _STATE1 */
+  tdm_dtype dtype; /* in the file */
+  char *name;
+} tdmi_ckpt_item;
+
+typedef struct {
+  tdm_engine *e;
+  tdm_optimizer *opt; /* NULL: values only */
+  int loading;        /* each rank's part: what it owns now (load), or an
+                         even share under DDP (save) */
+} tdmi_ckpt_ctx;
+
+/* Moves this rank's part of every item between the engine and file;
+ * data_start + begins[i] is where item i's tensor starts.  prefix (rank
+ * 0, saving) is the header, written at offset 0.  Collective. */
+tdm_status tdmi_ckpt_move_file(const tdmi_ckpt_ctx *c, const char *file,
+                               const tdmi_ckpt_item *items, int nitems,
+                               const uint64_t *begins, uint64_t data_start,
+                               const uint8_t *prefix, size_t prefix_len);
+/* Every parameter's values in dtype (TDM_UNSET: its own). */
+tdm_status tdmi_ckpt_model_items(const tdm_engine *e, int dtype,
+                                 tdmi_ckpt_item **out);
+/* Every state buffer of every parameter, and the masters where the model
+ * file holds another dtype than the parameter's. */
+tdm_status tdmi_ckpt_optimizer_items(const tdmi_ckpt_ctx *c, int weights_dtype,
+                                     tdmi_ckpt_item **out, int *n);
+void tdmi_ckpt_items_free(tdmi_ckpt_item *v, int n);
+uint64_t tdmi_ckpt_tensor_bytes(const tdm_engine *e, const tdmi_ckpt_item *it);
+
+/* The caller's options (may be NULL), checked. */
+tdm_status tdmi_ckpt_read_options(const tdm_checkpoint_options *in,
+                                  tdm_checkpoint_options *out, const char *fn);
+/* Between accumulation cycles, optimizer (may be NULL) of engine e. */
+tdm_status tdmi_ckpt_check_between_steps(tdm_engine *e, tdm_optimizer *opt,
+                                         const char *fn);
+void tdmi_ckpt_put_path(const tdm_checkpoint_options *o, const char *dir);
+
+/* dir/name, malloc'd (NULL when out of memory). */
+char *tdmi_path_in(const char *dir, const char *name);
+tdm_status tdmi_ckpt_no_memory(void);
+/* Rank 0: a small file of the checkpoint, fsynced. */
+tdm_status tdmi_ckpt_write_small(const char *dir, const char *name,
+                                 const void *bytes, size_t n);
+/* Rank 0's string of cap bytes on every rank. */
+tdm_status tdmi_ckpt_share_string(MPI_Comm comm, char *s, size_t cap);
 
 #endif /* TDM_CKPT_H */
