@@ -89,73 +89,84 @@ tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,
   return st;
 }
 
+/* Calls fn(path of entry, its name, arg) for each entry of dir but "."
+ * and "..", until one fails. */
+typedef tdm_status (*entry_fn)(const char *path, const char *name, void *arg);
+
+static tdm_status each_entry(const char *dir, entry_fn fn, void *arg) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return io_error("cannot open folder", dir);
+  tdm_status st = TDM_SUCCESS;
+  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
+    if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
+      continue;
+    char *path = join(dir, ent->d_name);
+    st = path ? fn(path, ent->d_name, arg)
+              : tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+    free(path);
+  }
+  closedir(d);
+  return st;
+}
+
+static tdm_status remove_entry(const char *path, const char *name, void *arg) {
+  (void)name;
+  (void)arg;
+  return tdmi_remove_tree(path);
+}
+
 tdm_status tdmi_remove_tree(const char *path) {
   struct stat sb;
   if (lstat(path, &sb) != 0)
     return errno == ENOENT ? TDM_SUCCESS : io_error("cannot stat", path);
-  if (S_ISDIR(sb.st_mode)) {
-    DIR *d = opendir(path);
-    if (!d)
-      return io_error("cannot open folder", path);
-    tdm_status st = TDM_SUCCESS;
-    for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
-      if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
-        continue;
-      char *child = join(path, ent->d_name);
-      st = child ? tdmi_remove_tree(child)
-                 : tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
-      free(child);
-    }
-    closedir(d);
-    if (st != TDM_SUCCESS)
-      return st;
-    return rmdir(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
-  }
-  return unlink(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+  if (!S_ISDIR(sb.st_mode))
+    return unlink(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+  TDMI_TRY(each_entry(path, remove_entry, NULL));
+  return rmdir(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
 }
 
 /* ---- the done marker ---- */
 
+typedef struct {
+  char *text;
+  size_t len, cap;
+} text_buf;
+
+static tdm_status list_entry(const char *path, const char *name, void *arg) {
+  text_buf *t = arg;
+  struct stat sb;
+  if (name[0] == '.' || !strcmp(name, TDMI_CKPT_DONE))
+    return TDM_SUCCESS;
+  if (stat(path, &sb) != 0)
+    return io_error("cannot stat", path);
+  size_t need = t->len + strlen(name) + 32;
+  if (need > t->cap) {
+    char *grown = realloc(t->text, 2 * need);
+    if (!grown)
+      return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+    t->text = grown;
+    t->cap = 2 * need;
+  }
+  t->len += (size_t)snprintf(t->text + t->len, t->cap - t->len, "%lld %s\n",
+                             (long long)sb.st_size, name);
+  return TDM_SUCCESS;
+}
+
 /* "tandem-checkpoint 1\n" then "<size> <name>\n" per file. */
 static tdm_status write_marker(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d)
-    return io_error("cannot open folder", dir);
-  size_t cap = 4096, len = 0;
-  char *text = malloc(cap);
-  tdm_status st = text ? TDM_SUCCESS
-                       : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-  if (text)
-    len = (size_t)snprintf(text, cap, "tandem-checkpoint %d\n",
+  text_buf t = {malloc(64), 0, 64};
+  if (!t.text)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+  t.len = (size_t)snprintf(t.text, t.cap, "tandem-checkpoint %d\n",
                            TDMI_CKPT_FORMAT_VERSION);
-  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
-    if (ent->d_name[0] == '.' || !strcmp(ent->d_name, TDMI_CKPT_DONE))
-      continue;
-    char *file = join(dir, ent->d_name);
-    struct stat sb;
-    if (!file || stat(file, &sb) != 0) {
-      st = file ? io_error("cannot stat", file)
-                : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-    } else {
-      size_t need = len + strlen(ent->d_name) + 32;
-      char *grown = need > cap ? realloc(text, cap = 2 * need) : text;
-      if (!grown)
-        st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-      else {
-        text = grown;
-        len += (size_t)snprintf(text + len, cap - len, "%lld %s\n",
-                                (long long)sb.st_size, ent->d_name);
-      }
-    }
-    free(file);
-  }
-  closedir(d);
-  char *marker = join(dir, TDMI_CKPT_DONE);
+  tdm_status st = each_entry(dir, list_entry, &t);
+  char *marker = st == TDM_SUCCESS ? join(dir, TDMI_CKPT_DONE) : NULL;
   if (st == TDM_SUCCESS)
-    st = marker ? tdmi_write_file(marker, text, len)
-                : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+    st = marker ? tdmi_write_file(marker, t.text, t.len)
+                : tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
   free(marker);
-  free(text);
+  free(t.text);
   return st;
 }
 
@@ -261,48 +272,35 @@ static tdm_status make_dirs(const char *path) {
   return st;
 }
 
+/* A leftover of a crashed save: a temporary folder, or a checkpoint
+ * folder without its marker (other than the one being saved). */
+static tdm_status remove_leftover(const char *path, const char *name,
+                                  void *final_name) {
+  int tmp = strncmp(name, TDMI_CKPT_PREFIX, strlen(TDMI_CKPT_PREFIX)) == 0 &&
+            strstr(name, ".tmp-") != NULL;
+  int unmarked = step_of(name) >= 0 && strcmp(name, final_name) != 0 &&
+                 !has_marker(path);
+  return tmp || unmarked ? tdmi_remove_tree(path) : TDM_SUCCESS;
+}
+
 tdm_status tdmi_commit_begin(const char *root, const char *final,
                              const char *tmp) {
   TDMI_TRY(make_dirs(root));
-  DIR *d = opendir(root);
-  if (!d)
-    return io_error("cannot open folder", root);
-  tdm_status st = TDM_SUCCESS;
-  const char *final_name = strrchr(final, '/') + 1;
-  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
-    const char *name = ent->d_name;
-    int leftover = strncmp(name, TDMI_CKPT_PREFIX, strlen(TDMI_CKPT_PREFIX))
-                       == 0 && strstr(name, ".tmp-") != NULL;
-    char *path = join(root, name);
-    if (!path)
-      st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-    else if (leftover ||
-             (step_of(name) >= 0 && strcmp(name, final_name) != 0 &&
-              !has_marker(path)))
-      st = tdmi_remove_tree(path);
-    free(path);
-  }
-  closedir(d);
-  if (st == TDM_SUCCESS && mkdir(tmp, 0755) != 0)
-    st = io_error("cannot create folder", tmp);
-  return st;
+  TDMI_TRY(each_entry(root, remove_leftover, (void *)(strrchr(final, '/') + 1)));
+  if (mkdir(tmp, 0755) != 0)
+    return io_error("cannot create folder", tmp);
+  return TDM_SUCCESS;
+}
+
+static tdm_status fsync_entry(const char *path, const char *name, void *arg) {
+  (void)name;
+  (void)arg;
+  return fsync_path(path);
 }
 
 static tdm_status fsync_files(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d)
-    return io_error("cannot open folder", dir);
-  tdm_status st = TDM_SUCCESS;
-  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
-    if (ent->d_name[0] == '.')
-      continue;
-    char *file = join(dir, ent->d_name);
-    st = file ? fsync_path(file)
-              : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-    free(file);
-  }
-  closedir(d);
-  return st == TDM_SUCCESS ? fsync_path(dir) : st;
+  TDMI_TRY(each_entry(dir, fsync_entry, NULL));
+  return fsync_path(dir);
 }
 
 tdm_status tdmi_commit_finish(const char *root, const char *tmp,
@@ -332,33 +330,37 @@ static int by_step(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+typedef struct {
+  long long *v;
+  size_t n, cap;
+} step_list;
+
+static tdm_status step_entry(const char *path, const char *name, void *arg) {
+  step_list *l = arg;
+  long long step = step_of(name);
+  if (step < 0 || !has_marker(path))
+    return TDM_SUCCESS;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? 2 * l->cap : 16;
+    long long *v = realloc(l->v, cap * sizeof *v);
+    if (!v)
+      return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+    l->v = v;
+    l->cap = cap;
+  }
+  l->v[l->n++] = step;
+  return TDM_SUCCESS;
+}
+
 /* The steps of root's complete checkpoints, ascending. */
 static tdm_status list_complete(const char *root, long long **steps,
                                 size_t *n) {
-  DIR *d = opendir(root);
-  if (!d)
-    return io_error("cannot open folder", root);
-  size_t cap = 16;
-  *n = 0;
-  *steps = malloc(cap * sizeof **steps);
-  tdm_status st = *steps ? TDM_SUCCESS
-                         : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-  for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
-    long long step = step_of(ent->d_name);
-    char *path = step >= 0 ? join(root, ent->d_name) : NULL;
-    if (path && has_marker(path)) {
-      long long *grown = *n == cap ? realloc(*steps, (cap *= 2) * sizeof **steps)
-                                   : *steps;
-      if (!grown)
-        st = tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-      else
-        (*steps = grown)[(*n)++] = step;
-    }
-    free(path);
-  }
-  closedir(d);
-  if (st == TDM_SUCCESS)
-    qsort(*steps, *n, sizeof **steps, by_step);
+  step_list l = {NULL, 0, 0};
+  tdm_status st = each_entry(root, step_entry, &l);
+  if (st == TDM_SUCCESS && l.n)
+    qsort(l.v, l.n, sizeof *l.v, by_step);
+  *steps = l.v;
+  *n = l.n;
   return st;
 }
 
