@@ -101,6 +101,9 @@ for np in 2 3; do
     "$top/scripts/mpirun.sh" -np $np "$b/default/bench/zero" --check
 done
 
+step "bench/ckpt correctness (--check: save/load round trips at ZeRO 0-3, bitwise) on 3 ranks" \
+  "$top/scripts/mpirun.sh" -np 3 "$b/default/bench/ckpt" --check
+
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
 suite "$b/nocuda" "without CUDA"
