@@ -12,33 +12,33 @@
 /* ---- parallel tensor files (tensorio.c) ---- */
 
 /* One contiguous run of bytes this rank moves between a file and its
- * staging buffer. */
+ * memory (an engine array itself, or a staging buffer). */
 typedef struct {
   uint64_t file_off; /* absolute offset in the file */
   uint64_t bytes;
-  size_t buf_off;    /* where in the rank's staging buffer */
+  MPI_Aint addr;     /* MPI_Get_address of the memory */
 } tdmi_piece;
 
 typedef struct {
   tdmi_piece *v;
   size_t n, cap;
-  size_t total; /* bytes of all pieces: the staging buffer's size */
+  uint64_t total; /* bytes of all pieces */
 } tdmi_pieces;
 
-/* Appends a piece and returns its buf_off (pieces fill the buffer in the
- * order they are added). */
+/* Appends a piece: bytes at file_off <-> host memory at mem. */
 tdm_status tdmi_pieces_add(tdmi_pieces *p, uint64_t file_off, uint64_t bytes,
-                           size_t *buf_off);
+                           const void *mem);
 void tdmi_pieces_free(tdmi_pieces *p);
 
 /* Collective over comm: writes (or reads) each rank's pieces of file
- * between buf and the file with MPI_File_write_at_all (read_at_all).
+ * between its memory and the file with MPI_File_write_at_all
+ * (read_at_all).
  * Writing creates the file and fsyncs it (MPI_File_sync).  Every rank
  * returns the same status; errors name the file. */
 tdm_status tdmi_tensorio_write(MPI_Comm comm, const char *file,
-                               tdmi_pieces *p, const void *buf);
+                               const tdmi_pieces *p);
 tdm_status tdmi_tensorio_read(MPI_Comm comm, const char *file,
-                              tdmi_pieces *p, void *buf);
+                              const tdmi_pieces *p);
 
 /* Collective: rank 0 reads and validates the safetensors header of file,
  * every rank gets the parsed header (or the same error). */
@@ -137,8 +137,7 @@ typedef struct {
 typedef struct {
   tdm_engine *e;
   tdm_optimizer *opt; /* NULL: values only */
-  int loading;        /* each rank's part: what it owns now (load), or an
-                         even share under DDP (save) */
+  int loading;        /* file -> engine */
 } tdmi_ckpt_ctx;
 
 /* Moves this rank's part of every item between the engine and file;

@@ -1,8 +1,9 @@
 /* tensorio.c - safetensors files moved in parallel: every rank writes or
  * reads only its own byte ranges, in collective MPI-IO calls, so no rank
  * ever holds a whole model.  The ranges become an hindexed file view and
- * an hindexed memory type; a call moves at most ROUND_BYTES per rank, as
- * MPI counts and type sizes are ints. */
+ * an hindexed memory type of absolute addresses (MPI_BOTTOM), so host
+ * arrays move without a copy; a call moves at most ROUND_BYTES per rank,
+ * as MPI counts and type sizes are ints. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +14,14 @@
 #define ROUND_BYTES ((uint64_t)1 << 30)
 
 tdm_status tdmi_pieces_add(tdmi_pieces *p, uint64_t file_off, uint64_t bytes,
-                           size_t *buf_off) {
-  if (buf_off)
-    *buf_off = p->total;
+                           const void *mem) {
   if (bytes == 0)
     return TDM_SUCCESS;
+  MPI_Aint addr;
+  MPI_Get_address(mem, &addr);
   tdmi_piece *last = p->n ? &p->v[p->n - 1] : NULL;
   if (last && last->file_off + last->bytes == file_off &&
-      last->buf_off + last->bytes == p->total) { /* one run: merge */
+      last->addr + (MPI_Aint)last->bytes == addr) { /* one run: merge */
     last->bytes += bytes;
     p->total += bytes;
     return TDM_SUCCESS;
@@ -33,7 +34,7 @@ tdm_status tdmi_pieces_add(tdmi_pieces *p, uint64_t file_off, uint64_t bytes,
     p->v = v;
     p->cap = cap;
   }
-  p->v[p->n++] = (tdmi_piece){file_off, bytes, p->total};
+  p->v[p->n++] = (tdmi_piece){file_off, bytes, addr};
   p->total += bytes;
   return TDM_SUCCESS;
 }
@@ -80,9 +81,9 @@ static tdm_status plan_make(const tdmi_pieces *p, plan *out) {
       uint64_t take = rest.bytes < ROUND_BYTES - in_round
                           ? rest.bytes
                           : ROUND_BYTES - in_round;
-      out->v[out->n++] = (tdmi_piece){rest.file_off, take, rest.buf_off};
+      out->v[out->n++] = (tdmi_piece){rest.file_off, take, rest.addr};
       rest.file_off += take;
-      rest.buf_off += take;
+      rest.addr += (MPI_Aint)take;
       rest.bytes -= take;
       in_round += take;
     }
@@ -109,7 +110,7 @@ static int round_types(const plan *pl, size_t r, MPI_Datatype *file_type,
     for (size_t i = 0; i < n; i++) {
       len[i] = (int)pl->v[lo + i].bytes;
       file_disp[i] = (MPI_Aint)pl->v[lo + i].file_off;
-      mem_disp[i] = (MPI_Aint)pl->v[lo + i].buf_off;
+      mem_disp[i] = pl->v[lo + i].addr;
       *bytes += len[i];
     }
     rc = MPI_Type_create_hindexed((int)n, len, file_disp, MPI_BYTE, file_type);
@@ -128,7 +129,7 @@ static int round_types(const plan *pl, size_t r, MPI_Datatype *file_type,
 
 /* One collective call moving round r (nothing when this rank has fewer
  * rounds: it still takes part). */
-static tdm_status move_round(MPI_File fh, const plan *pl, size_t r, void *buf,
+static tdm_status move_round(MPI_File fh, const plan *pl, size_t r,
                              int writing, const char *file) {
   MPI_Datatype file_type = MPI_BYTE, mem_type = MPI_BYTE;
   int bytes = 0, rc = MPI_SUCCESS, count = 0;
@@ -142,8 +143,9 @@ static tdm_status move_round(MPI_File fh, const plan *pl, size_t r, void *buf,
   MPI_Status status;
   int n = ok && bytes > 0 ? 1 : 0;
   if (rc2 == MPI_SUCCESS)
-    rc2 = writing ? MPI_File_write_at_all(fh, 0, buf, n, mem_type, &status)
-                  : MPI_File_read_at_all(fh, 0, buf, n, mem_type, &status);
+    rc2 = writing
+              ? MPI_File_write_at_all(fh, 0, MPI_BOTTOM, n, mem_type, &status)
+              : MPI_File_read_at_all(fh, 0, MPI_BOTTOM, n, mem_type, &status);
   if (ok && rc2 != MPI_SUCCESS) {
     rc = rc2;
     call = writing ? "MPI_File_write_at_all" : "MPI_File_read_at_all";
@@ -171,8 +173,8 @@ static tdm_status move_round(MPI_File fh, const plan *pl, size_t r, void *buf,
   return TDM_SUCCESS;
 }
 
-static tdm_status transfer(MPI_Comm comm, const char *file, tdmi_pieces *p,
-                           void *buf, int writing) {
+static tdm_status transfer(MPI_Comm comm, const char *file,
+                           const tdmi_pieces *p, int writing) {
   MPI_File fh = MPI_FILE_NULL;
   int amode = writing ? MPI_MODE_CREATE | MPI_MODE_WRONLY : MPI_MODE_RDONLY;
   int rc = MPI_File_open(comm, file, amode, MPI_INFO_NULL, &fh);
@@ -189,7 +191,7 @@ static tdm_status transfer(MPI_Comm comm, const char *file, tdmi_pieces *p,
   unsigned long mine = (unsigned long)pl.nrounds, rounds = 0;
   MPI_Allreduce(&mine, &rounds, 1, MPI_UNSIGNED_LONG, MPI_MAX, comm);
   for (size_t r = 0; r < rounds; r++) {
-    tdm_status s = move_round(fh, &pl, st == TDM_SUCCESS ? r : rounds, buf,
+    tdm_status s = move_round(fh, &pl, st == TDM_SUCCESS ? r : rounds,
                               writing, file);
     if (st == TDM_SUCCESS)
       st = s;
@@ -212,13 +214,13 @@ static tdm_status transfer(MPI_Comm comm, const char *file, tdmi_pieces *p,
 }
 
 tdm_status tdmi_tensorio_write(MPI_Comm comm, const char *file,
-                               tdmi_pieces *p, const void *buf) {
-  return transfer(comm, file, p, (void *)buf, 1);
+                               const tdmi_pieces *p) {
+  return transfer(comm, file, p, 1);
 }
 
 tdm_status tdmi_tensorio_read(MPI_Comm comm, const char *file,
-                              tdmi_pieces *p, void *buf) {
-  return transfer(comm, file, p, buf, 0);
+                              const tdmi_pieces *p) {
+  return transfer(comm, file, p, 0);
 }
 
 /* ---- the header: rank 0 reads it, every rank parses the same bytes ---- */

@@ -5,10 +5,12 @@
  * Every tensor of a checkpoint is a whole logical tensor.  Each rank moves
  * only its part of each: under ZeRO the elements it owns (so a ZeRO-3
  * model is saved without any rank holding it whole); under DDP, where
- * every rank holds everything, an even split of each tensor on save and
- * everything on load.  Loading reads the parts the engine of now owns,
- * whatever the world size and stage at save, then refreshes compute
- * copies and gathers as after an update. */
+ * every rank holds everything, an even split of each tensor, read shares
+ * then going to every rank with an allgather.  Loading reads the parts
+ * the engine of now owns, whatever the world size and stage at save, then
+ * refreshes compute copies and gathers as after an update.  Host arrays
+ * in the file's dtype move straight between the file and the engine;
+ * device arrays and converted dtypes go through a staging buffer. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,8 +47,8 @@ static void own_range(const tdmi_ckpt_ctx *c, const tdmi_param *p, size_t *lo,
   const tdm_engine *e = c->e;
   if (e->stage == 0) {
     size_t r = (size_t)e->ctx->rank, n = (size_t)e->ctx->size;
-    *lo = c->loading ? 0 : p->numel * r / n;
-    *hi = c->loading ? p->numel : p->numel * (r + 1) / n;
+    *lo = p->numel * r / n;
+    *hi = p->numel * (r + 1) / n;
     return;
   }
   const tdmi_bucket *b = &e->buckets[p->bucket];
@@ -97,19 +99,29 @@ static tdm_status convert(tdm_dtype from, const void *in, tdm_dtype to,
   return tdm_convert(from, in, to, out, n);
 }
 
-/* ---- staging: an engine array's part <-> the file bytes ---- */
+/* ---- moving the parts ---- */
 
-/* Copies (saving) or places (loading) elements [lo, hi) of tdmi_ckpt_item it
- * between the engine and bytes (it->dtype). */
-static tdm_status stage(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it, size_t lo, size_t hi,
-                        char *bytes) {
+/* Whether item it's part moves straight between its engine array and the
+ * file: host memory (the CPU, or offloaded state) in the file's dtype. */
+static int direct(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it) {
+  const tdmi_param *p = &c->e->params[it->param];
+  return it->dtype == p->dtype &&
+         (!c->e->ops.on_device ||
+          tdmi_engine_span(c->e, span_of(c->e, p)).host);
+}
+
+/* Copies (saving) or places (loading) elements [lo, hi) of item it
+ * between the engine and bytes (it->dtype): through a device copy or a
+ * dtype conversion. */
+static tdm_status stage(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it,
+                        size_t lo, size_t hi, char *bytes) {
   const tdmi_param *p = &c->e->params[it->param];
   char *arr = array_at(c, p, it->which, p->first + lo);
   size_t n = hi - lo, asize = tdmi_dtype_size(p->dtype);
   if (it->dtype == p->dtype)
     return c->loading ? tdmi_ops_copy(&c->e->ops, arr, bytes, n * asize)
                       : tdmi_ops_copy(&c->e->ops, bytes, arr, n * asize);
-  char *tmp = malloc(n * asize);
+  char *tmp = malloc(n * asize + 1);
   if (!tmp)
     return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory for "
                       "%zu elements of %s", n, it->name);
@@ -131,93 +143,153 @@ static tdm_status stage(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it, size_t
   return st;
 }
 
-/* One file's worth of moves: the pieces and, for each, what it is. */
-typedef struct {
-  tdmi_pieces pieces;
-  const tdmi_ckpt_item **what; /* per piece added, or NULL (the header) */
-  size_t *lo, *hi;
-  size_t *buf_off;
-  size_t n, cap;
-} moves;
+/* Bytes of item it's part [lo, hi) that go through staging (0: direct). */
+static size_t staged_bytes(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it,
+                           size_t lo, size_t hi) {
+  return direct(c, it) ? 0 : (hi - lo) * tdmi_dtype_size(it->dtype);
+}
 
-static tdm_status moves_add(moves *m, const tdmi_ckpt_item *it, uint64_t file_off,
-                            size_t lo, size_t hi, size_t esize) {
-  if (m->n == m->cap) {
-    size_t cap = m->cap ? 2 * m->cap : 32;
-    const tdmi_ckpt_item **w = realloc(m->what, cap * sizeof *w);
-    if (w)
-      m->what = w;
-    size_t *l = realloc(m->lo, cap * sizeof *l);
-    if (l)
-      m->lo = l;
-    size_t *h = realloc(m->hi, cap * sizeof *h);
-    if (h)
-      m->hi = h;
-    size_t *b = realloc(m->buf_off, cap * sizeof *b);
-    if (b)
-      m->buf_off = b;
-    if (!w || !l || !h || !b)
-      return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
-    m->cap = cap;
+/* The staging buffer of a file and where each item's part is in it. */
+typedef struct {
+  char *buf;
+  size_t *at; /* per item; unused for direct ones */
+} staging;
+
+static tdm_status staging_make(const tdmi_ckpt_ctx *c,
+                               const tdmi_ckpt_item *items, int n,
+                               staging *sg) {
+  size_t total = 0, lo, hi;
+  sg->buf = NULL;
+  sg->at = calloc((size_t)n + 1, sizeof *sg->at);
+  for (int i = 0; sg->at && i < n; i++) {
+    own_range(c, &c->e->params[items[i].param], &lo, &hi);
+    sg->at[i] = total;
+    total += staged_bytes(c, &items[i], lo, hi);
   }
-  m->what[m->n] = it;
-  m->lo[m->n] = lo;
-  m->hi[m->n] = hi;
-  TDMI_TRY(tdmi_pieces_add(&m->pieces, file_off, (hi - lo) * esize,
-                           &m->buf_off[m->n]));
-  m->n++;
+  if (sg->at && total > 0)
+    sg->buf = malloc(total);
+  if (!sg->at || (total > 0 && !sg->buf))
+    return tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory for "
+                      "%zu staging bytes", total);
   return TDM_SUCCESS;
 }
 
-static void moves_free(moves *m) {
-  tdmi_pieces_free(&m->pieces);
-  free(m->what);
-  free(m->lo);
-  free(m->hi);
-  free(m->buf_off);
+static void staging_free(staging *sg) {
+  free(sg->buf);
+  free(sg->at);
 }
 
-/* Moves every tdmi_ckpt_item of file between the engine and the file: data_start
- * and begins[i] place tdmi_ckpt_item i's tensor.  prefix (rank 0, saving) is the
- * header written at offset 0. */
-tdm_status tdmi_ckpt_move_file(const tdmi_ckpt_ctx *c, const char *file, const tdmi_ckpt_item *items,
-                            int nitems, const uint64_t *begins,
-                            uint64_t data_start, const uint8_t *prefix,
-                            size_t prefix_len) {
-  moves m = {0};
-  tdm_status st = TDM_SUCCESS;
-  if (prefix_len)
-    st = moves_add(&m, NULL, 0, 0, prefix_len, 1);
-  for (int i = 0; st == TDM_SUCCESS && i < nitems; i++) {
-    const tdmi_param *p = &c->e->params[items[i].param];
+/* Where item i's part is in memory: its engine array, or staging. */
+static char *part_memory(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it,
+                         const staging *sg, int i, size_t lo) {
+  const tdmi_param *p = &c->e->params[it->param];
+  return direct(c, it) ? array_at(c, p, it->which, p->first + lo)
+                       : sg->buf + sg->at[i];
+}
+
+/* Each item's part: staged before a write, or placed after a read. */
+static tdm_status stage_all(const tdmi_ckpt_ctx *c,
+                            const tdmi_ckpt_item *items, int n,
+                            const staging *sg) {
+  size_t lo, hi;
+  for (int i = 0; i < n; i++) {
+    own_range(c, &c->e->params[items[i].param], &lo, &hi);
+    if (hi > lo && !direct(c, &items[i]))
+      TDMI_TRY(stage(c, &items[i], lo, hi, sg->buf + sg->at[i]));
+  }
+  return tdmi_ops_synchronize(&c->e->ops);
+}
+
+/* DDP: every rank read its share of item it; the shares go to all. */
+static tdm_status share_loaded(const tdmi_ckpt_ctx *c,
+                               const tdmi_ckpt_item *it) {
+  const tdmi_param *p = &c->e->params[it->param];
+  int n = c->e->ctx->size;
+  size_t esize = tdmi_dtype_size(p->dtype), bytes = p->numel * esize;
+  char *arr = array_at(c, p, it->which, p->first);
+  int host = !c->e->ops.on_device;
+  char *full = host ? arr : malloc(bytes + 1);
+  int *count = calloc((size_t)n, sizeof *count);
+  int *disp = calloc((size_t)n, sizeof *disp);
+  tdm_status st = full && count && disp ? TDM_SUCCESS : tdmi_ckpt_no_memory();
+  if (p->numel > (size_t)INT32_MAX)
+    st = tdmi_error(TDM_ERR_NOT_SUPPORTED, "%s: %zu elements: a DDP load of "
+                    "a tensor over 2^31 elements is not supported (load it "
+                    "at ZeRO stage 1 or above)", it->name, p->numel);
+  for (int r = 0; st == TDM_SUCCESS && r < n; r++) {
+    disp[r] = (int)(p->numel * (size_t)r / (size_t)n);
+    count[r] = (int)(p->numel * (size_t)(r + 1) / (size_t)n) - disp[r];
+  }
+  size_t mine = (size_t)disp[c->e->ctx->rank];
+  if (st == TDM_SUCCESS && !host)
+    st = tdmi_ops_copy(&c->e->ops, full + mine * esize, arr + mine * esize,
+                       (size_t)count[c->e->ctx->rank] * esize);
+  if (st == TDM_SUCCESS && !host)
+    st = tdmi_ops_synchronize(&c->e->ops);
+  st = tdmi_agree_status(c->e->comm, st, it->name);
+  MPI_Datatype elem = MPI_DATATYPE_NULL;
+  if (st == TDM_SUCCESS) {
+    MPI_Type_contiguous((int)esize, MPI_BYTE, &elem);
+    MPI_Type_commit(&elem);
+    int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, elem, full, count, disp, elem,
+                            c->e->comm);
+    st = rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, "MPI_Allgatherv");
+    MPI_Type_free(&elem);
+  }
+  if (st == TDM_SUCCESS && !host)
+    st = tdmi_ops_copy(&c->e->ops, arr, full, bytes);
+  if (st == TDM_SUCCESS && !host)
+    st = tdmi_ops_synchronize(&c->e->ops);
+  if (!host)
+    free(full);
+  free(count);
+  free(disp);
+  return st;
+}
+
+/* The pieces of a file: the header (rank 0, saving) and each item's
+ * part. */
+static tdm_status pieces_of(const tdmi_ckpt_ctx *c,
+                            const tdmi_ckpt_item *items, int n,
+                            const uint64_t *begins, uint64_t data_start,
+                            const uint8_t *prefix, size_t prefix_len,
+                            const staging *sg, tdmi_pieces *pc) {
+  TDMI_TRY(tdmi_pieces_add(pc, 0, prefix_len, prefix));
+  for (int i = 0; i < n; i++) {
     size_t lo, hi, esize = tdmi_dtype_size(items[i].dtype);
-    own_range(c, p, &lo, &hi);
+    own_range(c, &c->e->params[items[i].param], &lo, &hi);
     if (hi > lo)
-      st = moves_add(&m, &items[i], data_start + begins[i] + lo * esize, lo,
-                     hi, esize);
+      TDMI_TRY(tdmi_pieces_add(pc, data_start + begins[i] + lo * esize,
+                               (hi - lo) * esize,
+                               part_memory(c, &items[i], sg, i, lo)));
   }
-  char *buf = st == TDM_SUCCESS ? malloc(m.pieces.total + 1) : NULL;
-  if (st == TDM_SUCCESS && !buf)
-    st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory for %zu staging "
-                    "bytes", file, m.pieces.total);
-  if (!c->loading) {
-    for (size_t k = 0; st == TDM_SUCCESS && k < m.n; k++)
-      st = m.what[k] ? stage(c, m.what[k], m.lo[k], m.hi[k], buf + m.buf_off[k])
-                     : (memcpy(buf, prefix, prefix_len), TDM_SUCCESS);
-    if (st == TDM_SUCCESS)
-      st = tdmi_ops_synchronize(&c->e->ops);
-  }
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_ckpt_move_file(const tdmi_ckpt_ctx *c, const char *file,
+                               const tdmi_ckpt_item *items, int nitems,
+                               const uint64_t *begins, uint64_t data_start,
+                               const uint8_t *prefix, size_t prefix_len) {
+  staging sg = {0};
+  tdmi_pieces pc = {0};
+  tdm_status st = staging_make(c, items, nitems, &sg);
+  if (st == TDM_SUCCESS)
+    st = pieces_of(c, items, nitems, begins, data_start, prefix, prefix_len,
+                   &sg, &pc);
+  if (st == TDM_SUCCESS && !c->loading)
+    st = stage_all(c, items, nitems, &sg);
   st = tdmi_agree_status(c->e->comm, st, file);
   if (st == TDM_SUCCESS)
-    st = c->loading ? tdmi_tensorio_read(c->e->comm, file, &m.pieces, buf)
-                    : tdmi_tensorio_write(c->e->comm, file, &m.pieces, buf);
-  for (size_t k = 0; st == TDM_SUCCESS && c->loading && k < m.n; k++)
-    st = stage(c, m.what[k], m.lo[k], m.hi[k], buf + m.buf_off[k]);
-  if (c->loading && st == TDM_SUCCESS)
-    st = tdmi_ops_synchronize(&c->e->ops);
-  free(buf);
-  moves_free(&m);
-  return c->loading ? tdmi_agree_status(c->e->comm, st, file) : st;
+    st = c->loading ? tdmi_tensorio_read(c->e->comm, file, &pc)
+                    : tdmi_tensorio_write(c->e->comm, file, &pc);
+  if (st == TDM_SUCCESS && c->loading)
+    st = tdmi_agree_status(c->e->comm, stage_all(c, items, nitems, &sg), file);
+  for (int i = 0; st == TDM_SUCCESS && c->loading && c->e->stage == 0 &&
+                  c->e->ctx->size > 1 && i < nitems; i++)
+    st = share_loaded(c, &items[i]);
+  tdmi_pieces_free(&pc);
+  staging_free(&sg);
+  return st;
 }
 
 /* ---- options ---- */
