@@ -767,9 +767,9 @@ int main(int argc, char **argv) {
         ", for tandem and the baselines alike: not the disk; --evict reads "
         "the disk\n", (double)bytes / (1 << 30), ram / (1 << 30));
   if (res.zero_stage == 0 && n > 1)
-    say("# stage 0: tandem load has every rank read the whole model (%d x "
-        "%.2f GiB read in all); saving splits each tensor evenly\n", n,
-        (double)bytes / (1 << 30));
+    say("# stage 0: each rank writes and reads an even share of each tensor; "
+        "load then allgathers the shares (every rank holds the whole model)"
+        "\n");
   if (o.check)
     say("# --check: a tiny round to exercise the code, not a "
         "measurement\n");

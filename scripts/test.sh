@@ -35,7 +35,19 @@ suite() { # builddir label [make arguments]: make check, counting each run
   [ "$f" = 0 ] || { grep -E '^(FAIL|ERROR)' "$log"; sed -n '/^FAIL:/,/^[A-Z]*:/p' "$s" | head -60; }
 }
 
-"$top/scripts/deps.sh" || { echo "0 passed, 1 failed"; exit 1; }
+"$top/scripts/deps.sh" --test || { echo "0 passed, 1 failed"; exit 1; }
+
+# The interop oracle of tests/ckpt-interop.sh: the safetensors and numpy
+# wheels in a venv (test-only; the library never needs Python).
+venv=$b/venv
+python_oracle() {
+  "$venv/bin/python" -c "import safetensors, numpy" 2>/dev/null && return 0
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q safetensors numpy &&
+    "$venv/bin/python" -c "import safetensors, numpy"
+}
+mkdir -p "$b"
+step "python venv with safetensors and numpy (pip)" python_oracle
+export PYTHON="$venv/bin/python"
 
 # 1. The default build: CUDA and NCCL where configure finds them.
 step "build (default: CUDA auto-detected)" \
