@@ -135,7 +135,12 @@ export TANDEM_TEST_FAKE_GPU=1 TANDEM_GPU_COLLECTIVES=mpi
 suite "$b/asan" "ASan+UBSan, fake GPU, MPI collectives" "$gpu_tests"
 unset TANDEM_TEST_FAKE_GPU TANDEM_GPU_COLLECTIVES
 
-# 4. The release tarball builds and passes its own tests.
+# 4. The safetensors reader under libFuzzer (ASan+UBSan), a short pass
+#    from the committed corpus; its last line counts the executions.
+step "fuzz the safetensors reader for 60 s (scripts/fuzz.sh)" "$top/scripts/fuzz.sh" 60
+tail -1 "$log"
+
+# 5. The release tarball builds and passes its own tests.
 step "make distcheck" make -C "$b/nocuda" distcheck
 
 echo "$passed passed, $failed failed, $skipped skipped"
