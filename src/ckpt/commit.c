@@ -161,10 +161,16 @@ static tdm_status write_marker(const char *dir) {
   t.len = (size_t)snprintf(t.text, t.cap, "tandem-checkpoint %d\n",
                            TDMI_CKPT_FORMAT_VERSION);
   tdm_status st = each_entry(dir, list_entry, &t);
-  char *marker = st == TDM_SUCCESS ? join(dir, TDMI_CKPT_DONE) : NULL;
+  /* Written aside and renamed: a crash mid-write leaves no torn marker. */
+  char *part = st == TDM_SUCCESS ? join(dir, "." TDMI_CKPT_DONE ".part") : NULL;
+  char *marker = part ? join(dir, TDMI_CKPT_DONE) : NULL;
+  if (st == TDM_SUCCESS && !marker)
+    st = tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
   if (st == TDM_SUCCESS)
-    st = marker ? tdmi_write_file(marker, t.text, t.len)
-                : tdmi_error(TDM_ERR_NO_MEMORY, "checkpoint: out of memory");
+    st = tdmi_write_file(part, t.text, t.len);
+  if (st == TDM_SUCCESS && rename(part, marker) != 0)
+    st = io_error("cannot rename the done marker into place", marker);
+  free(part);
   free(marker);
   free(t.text);
   return st;
@@ -335,10 +341,16 @@ typedef struct {
   size_t n, cap;
 } step_list;
 
+/* Complete: the done marker is there, whole, and every file it lists has
+ * its listed size. */
+static int complete(const char *dir) {
+  return has_marker(dir) && tdmi_commit_verify(dir) == TDM_SUCCESS;
+}
+
 static tdm_status step_entry(const char *path, const char *name, void *arg) {
   step_list *l = arg;
   long long step = step_of(name);
-  if (step < 0 || !has_marker(path))
+  if (step < 0 || !complete(path))
     return TDM_SUCCESS;
   if (l->n == l->cap) {
     size_t cap = l->cap ? 2 * l->cap : 16;
