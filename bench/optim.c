@@ -348,8 +348,15 @@ static tdm_status variant_create(variant_t *v, int isa, int threads,
   o.reduce_dtype = TDM_F32;
   tdm_status st = tdm_init_comm(MPI_COMM_WORLD, &o, &v->ctx);
   if (st != TDM_SUCCESS) return st;
+  /* The ISA is checked against the CPU when the engine sets up its
+   * kernels. */
+  st = tdm_engine_create(v->ctx, &v->engine);
+  if (st == TDM_ERR_NOT_SUPPORTED) {
+    tdm_finalize(v->ctx);
+    return st;
+  }
+  TDM_CHECK(st);
   if (g_ctx == NULL) g_ctx = v->ctx;
-  TDM_CHECK(tdm_engine_create(v->ctx, &v->engine));
   TDM_CHECK(tdm_add_module(v->engine, "layer", &v->module));
   TDM_CHECK(tdm_add_param(v->engine, v->module, "layer.weight", TDM_F32, 1,
                           shape, initial, 0, &v->param));

@@ -21,14 +21,8 @@ if [ "${TANDEM_TEST_FAKE_GPU:-0}" != 1 ]; then
 fi
 # Keep Open MPI quiet about missing high-speed devices in containers.
 export OMPI_MCA_btl_base_warn_component_unused=0
-# Sanitizer builds: leaks are checked, with MPI's own suppressed by library
-# name; keep_dso.so keeps MPI's plugins loaded so their names are known.
-if [ "${TDM_SANITIZERS:-no}" = yes ]; then
-  export LD_PRELOAD="$TDM_BUILDDIR/mpi-tests/.libs/keep_dso.so"
-  export ASAN_OPTIONS="detect_leaks=1:verify_asan_link_order=0:fast_unwind_on_malloc=0"
-  export LSAN_OPTIONS="suppressions=$TDM_SRCDIR/mpi-tests/lsan.supp:print_suppressions=0"
-  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-fi
+. "$TDM_SRCDIR/mpi-tests/sanitizer-env.sh"
+[ -n "$TDM_SANITIZER_PRELOAD" ] && export LD_PRELOAD="$TDM_SANITIZER_PRELOAD"
 
 n=0
 report() { # status description logfile

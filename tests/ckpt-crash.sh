@@ -36,6 +36,7 @@ if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
+. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
 unset TANDEM_ZERO_STAGE TANDEM_MIXED_PRECISION TANDEM_GRADIENT_ACCUMULATION_STEPS
 
 tmp=$(mktemp -d)
@@ -213,7 +214,7 @@ EOF
 
 mpi() { # seconds, then mpirun arguments
   secs=$1; shift
-  timeout -k 5 "$secs" "$MPIRUN" --oversubscribe --mca pml ob1 "$@" </dev/null
+  timeout -k 5 "$secs" "$MPIRUN" --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS "$@" </dev/null
 }
 # The losses of an uninterrupted run of $1 steps from step $2 on, and the
 # final line (cached per length).

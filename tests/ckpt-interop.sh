@@ -24,6 +24,7 @@ if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
+. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
 export TDM_SRCDIR="$src"
 unset TANDEM_ZERO_STAGE TANDEM_ZERO3_PERSISTENCE_THRESHOLD \
   TANDEM_GRADIENT_ACCUMULATION_STEPS TANDEM_MIXED_PRECISION
@@ -51,14 +52,14 @@ skip() { # description, reason
 }
 mpi() { # np, program and its arguments
   np=$1; shift
-  timeout -k 5 120 "$MPIRUN" --oversubscribe --mca pml ob1 -np "$np" "$@"
+  timeout -k 5 120 "$MPIRUN" --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np "$np" "$@"
 }
 
 # ---- A: tandem's checkpoint, read by Python ----
 export_and_check() { # folder, max_shard_bytes, VAR=value...
   d=$tmp/$1 shard=$2; shift 2
   env TANDEM_ZERO_STAGE=3 "$@" timeout -k 5 120 "$MPIRUN" --oversubscribe \
-    --mca pml ob1 -np 3 "$export_prog" "$d" "$shard" || return 1
+    --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np 3 "$export_prog" "$d" "$shard" || return 1
   if [ -n "$python" ]; then
     "$python" "$checker" "$d" --step 10 --world-size 3 --zero-stage 3 \
       --max-shard-bytes "$shard"

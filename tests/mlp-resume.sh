@@ -11,9 +11,10 @@ if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
+. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
 run() { # np, then mlp arguments
   np=$1; shift
-  timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 -np "$np" "$mlp" "$@"
+  timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np "$np" "$mlp" "$@"
 }
 n=0
 check() { # description, command...
@@ -43,11 +44,11 @@ for np in 1 2 3 4; do
 done
 unset TANDEM_ZERO_STAGE
 check "a 2-rank stage-0 checkpoint resumes on 3 ranks at ZeRO-3 and learns" sh -c \
-  "TANDEM_ZERO_STAGE=3 timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 -np 3 \
+  "TANDEM_ZERO_STAGE=3 timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np 3 \
    '$mlp' --steps 300 --resume '$tmp/np2-stage0' | grep -q ': learned'"
 check "and on 4 ranks with bf16 compute copies at ZeRO-1" sh -c \
   "TANDEM_ZERO_STAGE=1 TANDEM_MIXED_PRECISION=bf16 timeout -k 5 120 mpirun \
-   --oversubscribe --mca pml ob1 -np 4 '$mlp' --steps 300 --resume \
+   --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np 4 '$mlp' --steps 300 --resume \
    '$tmp/np2-stage0' | grep -q ': learned'"
 no_checkpoint() {
   mkdir -p "$tmp/empty"
