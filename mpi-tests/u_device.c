@@ -29,18 +29,7 @@
 #include "device/device.h"
 #include "device/ops.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      failures++;                                                         \
-      fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__,    \
-              #cond);                                                     \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fputc('\n', stderr);                                                \
-    }                                                                     \
-  } while (0)
+#include "unit_check.h"
 
 #define BYTES 100003 /* odd: no transfer size is a power of two */
 

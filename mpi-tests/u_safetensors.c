@@ -12,16 +12,7 @@
 #include "ckpt/safetensors.h"
 #include "core/core.h"
 
-static int failures;
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      failures++;                                                     \
-      fprintf(stderr, "%s:%d: %s: ", __FILE__, __LINE__, #cond);      \
-      fprintf(stderr, __VA_ARGS__);                                   \
-      fputc('\n', stderr);                                            \
-    }                                                                 \
-  } while (0)
+#include "unit_check.h"
 
 /* A call expected to fail with status and a message containing text. */
 #define FAILS(call, status, text)                                      \
