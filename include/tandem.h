@@ -460,10 +460,11 @@ tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
 tdm_status tdm_prepare(tdm_engine *engine);
 
 /* After tdm_prepare: the parameter's values and gradient (either pointer
- * may be NULL).  Stages 0 and 1: valid until tdm_engine_destroy.  ZeRO-2
- * and 3 (see tdm_fetch_module): the gradient only inside a micro-step,
- * until the parameter is marked ready; ZeRO-3: the values only while the
- * module is fetched (always for a persistent module). */
+ * may be NULL).  The addresses never change until tdm_engine_destroy, at
+ * every ZeRO stage (on a real GPU, for now, only at stages 0 and 1).
+ * ZeRO-2 and 3 (see tdm_fetch_module): the gradient holds memory only
+ * inside a micro-step, until its bucket is reduced; ZeRO-3: the values
+ * only while the module is fetched (always for a persistent module). */
 tdm_status tdm_param_buffers(tdm_engine *engine, int param, void **data,
                              void **grad);
 tdm_status tdm_find_param(const tdm_engine *engine, const char *name,
@@ -543,13 +544,13 @@ tdm_status tdm_get_progress_mode(const tdm_engine *engine,
  * master weights and optimizer state, then all-gathers the parameters.
  * Stage 2 also shards the gradients: every micro-step's gradients are
  * reduce-scattered bucket by bucket and added into this rank's shard, so
- * a gradient pointer is valid only in the micro-step it was returned in,
- * until its parameter is marked ready, and starts at zero.  Stage 3 also
+ * a gradient holds memory only in a micro-step, until its bucket is
+ * reduced, and starts at zero.  Stage 3 also
  * shards the parameters: each module is one bucket, gathered by
  * tdm_fetch_module (the modules that follow it by index, in the direction
  * of the last fetches: ascending in forward, descending in backward, are
  * gathered ahead up to zero3_prefetch_bytes) and freed by
- * tdm_release_module; its data pointer is valid in between.  Modules with
+ * tdm_release_module; its data holds the values in between.  Modules with
  * fewer than zero3_persistence_threshold elements stay gathered.  Each
  * bucket is cut into world-size equal chunks (padded), so every gradient
  * collective is a real reduce-scatter.

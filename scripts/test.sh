@@ -125,7 +125,7 @@ step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
 suite "$b/nocuda" "without CUDA"
 # The engine's device path on the fake GPU (host memory behind the device
 # layer), through staged copies here and MPI on "device" pointers below.
-gpu_tests="TESTS=mpi-tests/t_engine mpi-tests/t_optim mpi-tests/t_precision mpi-tests/t_zero mpi-tests/t_gpu_train mpi-tests/t_ckpt"
+gpu_tests="TESTS=mpi-tests/t_engine mpi-tests/t_optim mpi-tests/t_precision mpi-tests/t_zero mpi-tests/t_gpu_train mpi-tests/t_ckpt mpi-tests/t_stable"
 export TANDEM_TEST_FAKE_GPU=1 TANDEM_GPU_COLLECTIVES=staged
 suite "$b/nocuda" "fake GPU, staged collectives" "$gpu_tests"
 unset TANDEM_TEST_FAKE_GPU TANDEM_GPU_COLLECTIVES

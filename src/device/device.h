@@ -35,6 +35,24 @@ void tdmi_mem_free(tdmi_mem_kind kind, void *p);
 /* Whether p points into GPU memory (collectives then take NCCL). */
 int tdmi_mem_is_device(const void *p);
 
+/* Reserved address space: bytes of kind whose pages are
+ * backed only once touched, so a pointer into it stays valid while its
+ * memory comes and goes.  Host memory and the fake GPU's device memory:
+ * an anonymous mapping, its pages given back by tdmi_mem_discard (they
+ * read zero when touched again).  *out is NULL, with success, where kind
+ * cannot do it (a real GPU: CUDA's virtual memory calls are not wired
+ * yet), and the caller allocates as before. */
+tdm_status tdmi_mem_reserve(tdmi_mem_kind kind, size_t bytes, void **out);
+void tdmi_mem_unreserve(void *p, size_t bytes);
+/* The page size: reserved ranges are discarded and protected in pages. */
+size_t tdmi_mem_page_size(void);
+/* Gives back the pages of [p, p + bytes) (page-aligned); their contents
+ * are lost and read zero when touched again. */
+tdm_status tdmi_mem_discard(void *p, size_t bytes);
+/* Makes [p, p + bytes) (page-aligned) readable and writable, or (access
+ * 0) inaccessible: a touch then faults (TANDEM_DEBUG's check). */
+tdm_status tdmi_mem_protect(void *p, size_t bytes, int access);
+
 /* A stream orders copies and kernels; a host stream (on_device 0) runs
  * each one at once.  Events order one stream after another. */
 typedef struct tdmi_stream tdmi_stream;

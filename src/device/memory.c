@@ -4,10 +4,14 @@
  * that run every copy at once (a CPU "stream" is already in order).
  * The fake GPU (tdmi_device_fake) is host memory and host streams, its
  * device blocks remembered so that tdmi_mem_is_device knows them. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE, madvise */
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "device.h"
@@ -191,6 +195,60 @@ int tdmi_mem_is_device(const void *p) {
   (void)p;
   return 0;
 #endif
+}
+
+/* ---- reserved address space ---- */
+
+size_t tdmi_mem_page_size(void) {
+  long page = sysconf(_SC_PAGESIZE);
+  return page > 0 ? (size_t)page : 4096;
+}
+
+static tdm_status errno_error(const char *call, size_t bytes) {
+  return tdmi_error(errno == ENOMEM ? TDM_ERR_NO_MEMORY : TDM_ERR_INTERNAL,
+                    "%s of %zu bytes failed: %s", call, bytes,
+                    strerror(errno));
+}
+
+tdm_status tdmi_mem_reserve(tdmi_mem_kind kind, size_t bytes, void **out) {
+  *out = NULL;
+  kind = effective(kind);
+  int fake = kind == TDMI_MEM_DEVICE && tdmi_device_fake();
+  if (kind != TDMI_MEM_HOST && !fake)
+    return TDM_SUCCESS; /* pinned or a real GPU: not reserved */
+  /* Anonymous private pages exist once touched; NORESERVE: address
+   * space, not committed memory. */
+  void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    return errno_error("mmap", bytes);
+  if (fake && !fake_remember(p, bytes)) {
+    munmap(p, bytes ? bytes : 1);
+    return tdmi_error(TDM_ERR_NO_MEMORY, "fake GPU: out of host memory");
+  }
+  *out = p;
+  return TDM_SUCCESS;
+}
+
+void tdmi_mem_unreserve(void *p, size_t bytes) {
+  if (!p)
+    return;
+  if (tdmi_device_fake())
+    fake_forget(p);
+  munmap(p, bytes ? bytes : 1);
+}
+
+tdm_status tdmi_mem_discard(void *p, size_t bytes) {
+  if (bytes && madvise(p, bytes, MADV_DONTNEED) != 0)
+    return errno_error("madvise(MADV_DONTNEED)", bytes);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_mem_protect(void *p, size_t bytes, int access) {
+  int prot = access ? PROT_READ | PROT_WRITE : PROT_NONE;
+  if (bytes && mprotect(p, bytes, prot) != 0)
+    return errno_error("mprotect", bytes);
+  return TDM_SUCCESS;
 }
 
 /* ---- streams and events ---- */

@@ -88,6 +88,8 @@ typedef struct {
   int fetched;          /* between tdm_fetch_module and release         */
   int prefetched;       /* gathered ahead, not yet fetched              */
   int persistent;       /* stays gathered                               */
+  size_t window_first;  /* ZeRO-2/3: its element index in the windows,
+                           on a page boundary (window.c)                */
 } tdmi_bucket;
 
 /* One parameter dtype's storage, in one element layout.  Which buffers
@@ -119,6 +121,12 @@ typedef struct {
   tdm_dtype grad_dtype;
   void *master, *shard_copy, *shard_grad;
   void *host_grad, *host_copy;
+  /* ZeRO-2/3 (window.c): full-size reserved ranges at fixed addresses,
+   * backed only where a bucket is held; NULL where not reserved */
+  void *grad_window;     /* micro-step gradients (grad dtype)         */
+  void *value_window;    /* stage 3: gathered values (compute dtype)  */
+  size_t window_count;   /* elements of both, buckets on pages        */
+  size_t grad_window_bytes, value_window_bytes;
 } tdmi_flat;
 
 /* The dtype the model computes with. */
@@ -192,6 +200,8 @@ struct tdm_engine {
   size_t prefetch_bytes;  /* ZeRO-3 */
   size_t persist_numel;   /* ZeRO-3 */
   int last_fetch, fetch_dir; /* ZeRO-3: the prefetch follows fetches  */
+  int protect;            /* TANDEM_DEBUG with windows: dropped buckets
+                             are inaccessible (window.c)               */
   tdmi_memory mem;
 
   /* the micro-step */
@@ -252,6 +262,10 @@ void *tdmi_engine_alloc_in(tdm_engine *e, tdmi_mem_kind kind,
 void tdmi_engine_free_in(tdm_engine *e, tdmi_mem_kind kind,
                          tdm_memory_category category, void *p, size_t count,
                          tdm_dtype dtype);
+/* Counts (sign 1) or uncounts (-1) count elements of dtype in category
+ * held in memory that is not allocated here (window.c). */
+void tdmi_engine_count(tdm_engine *e, tdm_memory_category category,
+                       size_t count, tdm_dtype dtype, int sign);
 void tdmi_mem_init(tdmi_memory *m);
 void tdmi_mem_destroy(tdmi_memory *m);
 /* ZeRO-3 gathered bytes (delta may be negative) and collective traffic. */
@@ -265,10 +279,25 @@ void tdmi_fetch_free(tdm_engine *e);
 tdm_status tdmi_param_data(tdm_engine *e, int param, void **data);
 tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad);
 
-/* ZeRO-2/3 (zero.c): the micro-step's gradients of bucket b, allocated
- * zeroed on first use; what names the caller in the error. */
-tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
-                               const char *what);
+/* Stable addresses under ZeRO-2/3 (window.c). */
+/* After the layout: the windows of every dtype in use. */
+tdm_status tdmi_window_reserve(tdm_engine *e);
+void tdmi_window_free(tdm_engine *e);
+/* Bucket b's gathered values (b->gathered, stage 3) or micro-step
+ * gradients (b->staging, stages 2-3): held (zeroed when first held, and
+ * counted), then dropped (given back).  fn names the caller in errors. */
+tdm_status tdmi_bucket_hold_values(tdm_engine *e, tdmi_bucket *b,
+                                   const char *fn);
+void tdmi_bucket_drop_values(tdm_engine *e, tdmi_bucket *b);
+tdm_status tdmi_bucket_hold_grads(tdm_engine *e, tdmi_bucket *b,
+                                  const char *fn);
+void tdmi_bucket_drop_grads(tdm_engine *e, tdmi_bucket *b);
+/* A micro-step begins: gradients become writable (TANDEM_DEBUG). */
+tdm_status tdmi_window_open_grads(tdm_engine *e);
+/* Parameter p's fixed address in the value or gradient window, or NULL
+ * where there is none. */
+void *tdmi_window_values(const tdm_engine *e, const tdmi_param *p);
+void *tdmi_window_grads(const tdm_engine *e, const tdmi_param *p);
 /* ZeRO (zero.c): after an update, every rank's chunks to all. */
 tdm_status tdmi_zero_gather_params(tdm_engine *e);
 

@@ -28,11 +28,7 @@ static const void *shard_source(const tdm_engine *e, const tdmi_bucket *b) {
 static tdm_status start_gather(tdm_engine *e, tdmi_bucket *b) {
   tdm_dtype cd = compute_dtype(e, b);
   if (!b->gathered) {
-    b->gathered = tdmi_engine_alloc(e, TDM_MEM_PARAMS, b->count, cd);
-    if (!b->gathered)
-      return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_fetch_module: out of memory "
-                        "for %zu bytes of gathered parameters",
-                        gathered_bytes(e, b));
+    TDMI_TRY(tdmi_bucket_hold_values(e, b, "tdm_fetch_module"));
     if (!b->persistent)
       tdmi_mem_gathered(e, (int64_t)gathered_bytes(e, b));
   }
@@ -54,9 +50,7 @@ static void drop_gathered(tdm_engine *e, tdmi_bucket *b) {
   if (b->persistent || !b->gathered)
     return;
   tdmi_mem_gathered(e, -(int64_t)gathered_bytes(e, b));
-  tdmi_engine_free(e, TDM_MEM_PARAMS, b->gathered, b->count,
-                   compute_dtype(e, b));
-  b->gathered = NULL;
+  tdmi_bucket_drop_values(e, b);
   b->prefetched = 0;
 }
 
@@ -175,7 +169,8 @@ void tdmi_fetch_free(tdm_engine *e) {
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];
     finish_gather(e, bk);
-    bk->persistent = 0;
+    if (bk->persistent)
+      tdmi_bucket_drop_values(e, bk);
     drop_gathered(e, bk);
   }
 }
@@ -191,6 +186,8 @@ tdm_status tdmi_param_data(tdm_engine *e, int param, void **data) {
     *data = (char *)(f->copied ? f->copy : f->data) + p->first * csize;
     return TDM_SUCCESS;
   }
+  if ((*data = tdmi_window_values(e, p)))
+    return TDM_SUCCESS; /* the same address, fetched or not */
   if (!b->fetched && !b->persistent)
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "tdm_param_buffers: module '%s' of '%s' is not fetched "
@@ -209,6 +206,8 @@ tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad) {
     *grad = (char *)f->grad + p->first * gsize;
     return TDM_SUCCESS;
   }
+  if ((*grad = tdmi_window_grads(e, p)))
+    return TDM_SUCCESS; /* the same address in every micro-step */
   if (!e->in_backward || p->ready)
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "tdm_param_buffers: the gradient of '%s' exists only "
@@ -216,7 +215,7 @@ tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad) {
                       "stage %d); %s", p->name, e->stage,
                       p->ready ? "it was marked ready already"
                                : "call tdm_backward_begin first");
-  TDMI_TRY(tdmi_bucket_staging(e, b, "tdm_param_buffers"));
+  TDMI_TRY(tdmi_bucket_hold_grads(e, b, "tdm_param_buffers"));
   *grad = (char *)b->staging + (p->first - b->first) * gsize;
   return TDM_SUCCESS;
 }

@@ -187,6 +187,7 @@ tdm_status tdmi_layout_build(tdm_engine *e) {
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
   fill_order(e);
   e->nbuckets = assign(e);
+  TDMI_TRY(tdmi_window_reserve(e));
   for (int d = 0; d < TDM_NUM_DTYPES; d++)
     if (e->flat[d].count)
       TDMI_TRY(allocate_flat(e, (tdm_dtype)d));
@@ -206,9 +207,7 @@ static tdm_status keep_gathered(tdm_engine *e, tdmi_bucket *b,
   const tdmi_flat *f = &e->flat[b->dtype];
   tdm_dtype cd = tdmi_flat_compute_dtype(f, b->dtype);
   b->persistent = 1;
-  b->gathered = tdmi_engine_alloc(e, TDM_MEM_PARAMS, b->count, cd);
-  if (!b->gathered)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_prepare: out of memory");
+  TDMI_TRY(tdmi_bucket_hold_values(e, b, "tdm_prepare"));
   return f->copied ? tdmi_ops_convert(&e->ops, b->dtype, values, cd,
                                       b->gathered, b->count)
                    : tdmi_ops_copy(&e->ops, b->gathered, values,
@@ -309,17 +308,16 @@ tdm_status tdmi_layout_load_initial(tdm_engine *e) {
 }
 
 void tdmi_layout_free(tdm_engine *e) {
-  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
-    free_flat(e, (tdm_dtype)d);
-    memset(&e->flat[d], 0, sizeof e->flat[d]);
-  }
   for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket *bk = &e->buckets[b];
     tdmi_xfer_free(e, &bk->reduce);
     tdmi_xfer_free(e, &bk->gather);
-    tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, bk->staging, bk->count,
-                     bk->grad_dtype);
-    bk->staging = NULL;
+    tdmi_bucket_drop_grads(e, bk);
+  }
+  tdmi_window_free(e);
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
+    free_flat(e, (tdm_dtype)d);
+    memset(&e->flat[d], 0, sizeof e->flat[d]);
   }
   free(e->order);
   free(e->buckets);

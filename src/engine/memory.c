@@ -67,6 +67,13 @@ void tdmi_engine_free_in(tdm_engine *e, tdmi_mem_kind kind,
         -(int64_t)padded_bytes(n, dtype));
 }
 
+void tdmi_engine_count(tdm_engine *e, tdm_memory_category category,
+                       size_t n, tdm_dtype dtype, int sign) {
+  tdmi_mem_kind kind = tdmi_engine_kind(e, category);
+  count(&e->mem, category, location_of(kind),
+        sign * (int64_t)padded_bytes(n, dtype));
+}
+
 void *tdmi_engine_alloc(tdm_engine *e, tdm_memory_category category,
                         size_t n, tdm_dtype dtype) {
   return tdmi_engine_alloc_in(e, tdmi_engine_kind(e, category), category, n, dtype);

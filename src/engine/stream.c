@@ -198,13 +198,12 @@ tdm_status tdm_backward_begin(tdm_engine *e) {
       set_state(e, b, TDM_BUCKET_IDLE);
     bk->pending = bk->nparams;
     /* Left by a failed reduction: each micro-step starts from zero. */
-    tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, bk->staging, bk->count,
-                     bk->grad_dtype);
-    bk->staging = NULL;
+    tdmi_bucket_drop_grads(e, bk);
   }
   e->next_launch = e->nreduced = 0;
   e->comm_status = TDM_SUCCESS;
   pthread_mutex_unlock(&e->lock);
+  TDMI_TRY(tdmi_window_open_grads(e));
   e->in_backward = 1;
   return TDM_SUCCESS;
 }

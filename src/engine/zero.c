@@ -2,8 +2,8 @@
  * A bucket's gradients are reduce-scattered in place: each rank gets the
  * sum of its own chunk.  Stage 1 reduces the full gradient buffer at the
  * end of the accumulation cycle and keeps its chunk in place; stages 2
- * and 3 reduce each micro-step's bucket gradients (a scratch buffer,
- * freed afterwards) and add the chunk into the rank's gradient shard.
+ * and 3 reduce each micro-step's bucket gradients (held in the gradient
+ * window, dropped afterwards) and add the chunk into the rank's gradient shard.
  * After an update every rank's chunks of the values are all-gathered
  * (stages 1-2); stage 3 keeps values sharded and gathers per module. */
 #include <string.h>
@@ -20,17 +20,6 @@ static void count_traffic(tdm_engine *e, size_t bytes) {
   tdmi_mem_traffic(e, (uint64_t)bytes * (n - 1) / n);
 }
 
-tdm_status tdmi_bucket_staging(tdm_engine *e, tdmi_bucket *b,
-                                const char *what) {
-  if (!b->staging)
-    b->staging = tdmi_engine_alloc(e, TDM_MEM_COMM_BUFFERS, b->count,
-                                   b->grad_dtype);
-  if (!b->staging)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory for %zu bytes "
-                      "of bucket gradients", what, b->bytes);
-  return TDM_SUCCESS;
-}
-
 /* The buffer reduced in place: the full gradients (stage 1) or the
  * micro-step's bucket gradients (stages 2-3; all zero when no parameter
  * of the bucket asked for its gradient). */
@@ -40,7 +29,7 @@ static tdm_status source(tdm_engine *e, tdmi_bucket *b, void **buf) {
            b->first * tdmi_dtype_size(b->grad_dtype);
     return TDM_SUCCESS;
   }
-  TDMI_TRY(tdmi_bucket_staging(e, b, "bucket reduction"));
+  TDMI_TRY(tdmi_bucket_hold_grads(e, b, "bucket reduction"));
   *buf = b->staging;
   return TDM_SUCCESS;
 }
@@ -78,9 +67,7 @@ static tdm_status zero_finish(tdm_engine *e, tdmi_bucket *b) {
   tdm_status st = tdmi_ops_accumulate(
       &e->ops, b->grad_dtype, (char *)b->staging + at,
       (char *)f->shard_grad + b->shard_first * gsize, b->chunk);
-  tdmi_engine_free(e, TDM_MEM_COMM_BUFFERS, b->staging, b->count,
-                   b->grad_dtype);
-  b->staging = NULL;
+  tdmi_bucket_drop_grads(e, b);
   return st;
 }
 

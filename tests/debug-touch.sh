@@ -1,0 +1,46 @@
+#!/bin/sh
+# TANDEM_DEBUG's guard on the stable windows, as TAP: a rank that reads a
+# stage-3 parameter it did not fetch, or writes a stage-2 gradient after
+# tdm_backward_end reduced it, dies at once with a line naming its rank,
+# the tensor and the rule it broke (mpi-tests/t_stable --touch), at 1-3
+# ranks.  Without TANDEM_DEBUG the read is not trapped (it reads zeros).
+build=${TDM_BUILDDIR:-.}
+prog=$build/mpi-tests/t_stable
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+[ -x "$prog" ] || { echo "1..0 # SKIP no $prog"; exit 0; }
+if [ "$(id -u)" = 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
+. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
+unset TANDEM_ZERO_STAGE TANDEM_OFFLOAD TANDEM_GRADIENT_ACCUMULATION_STEPS
+n=0
+check() { # description, command...
+  desc=$1; shift
+  n=$((n + 1))
+  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
+  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
+}
+dies_naming() { # np what message
+  TANDEM_DEBUG=1 timeout -k 5 60 mpirun --oversubscribe --mca pml ob1 \
+    $TDM_SANITIZER_MPI_ARGS -np "$1" "$prog" --touch "$2" >"$tmp/run" 2>&1
+  rc=$?
+  cat "$tmp/run"
+  echo "exit status $rc"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ] &&
+    grep -qF "$3" "$tmp/run" && ! grep -q "did not fault" "$tmp/run"
+}
+for np in 1 2 3; do
+  check "np=$np: an unfetched ZeRO-3 parameter read dies, naming it" \
+    dies_naming "$np" values "tandem: rank 0: the values of 'fc2.weight' were touched while not held (ZeRO-3): call tdm_fetch_module for its module first"
+  check "np=$np: a ZeRO-2 gradient written after tdm_backward_end dies, naming it" \
+    dies_naming "$np" grads "tandem: rank 0: the gradients of 'fc2.weight' were touched while not held (ZeRO-2)"
+done
+unguarded() { # without TANDEM_DEBUG the touch is not caught (exit 2)
+  timeout -k 5 60 mpirun --oversubscribe --mca pml ob1 \
+    $TDM_SANITIZER_MPI_ARGS -np 2 "$prog" --touch values
+  [ $? = 2 ]
+}
+check "np=2: without TANDEM_DEBUG the same read is not trapped" unguarded
+echo "1..$n"
