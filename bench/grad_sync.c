@@ -448,7 +448,8 @@ static long model_wrong(model_t *m, double want) {
 }
 
 /* One checked sync: every rank adds (rank+1) * loss_scale * pattern, so
- * the sum over ranks is the average (n+1)/2 * pattern. */
+ * the sum over ranks is n(n+1)/2 * loss_scale * pattern (the optimizer
+ * divides by n). */
 static long model_check_sync(model_t *m) {
   int sync = 0;
   TDM_CHECK(tdm_is_sync_step(m->engine, &sync));
@@ -456,7 +457,7 @@ static long model_check_sync(model_t *m) {
                  __FILE__, __LINE__);
   model_zero(m);
   backward(m, 0.0, 0, (float)((m->rank + 1) * m->scale));
-  return model_wrong(m, (m->nranks + 1) / 2.0);
+  return model_wrong(m, m->nranks * (m->nranks + 1) / 2.0 * m->scale);
 }
 
 static void fmt_mib(char *out, size_t n, double bytes) {
@@ -689,8 +690,8 @@ typedef struct {
 
 /* The accumulation cycle's checks: after the non-sync micro-step each rank
  * holds its own (rank+1) * scale * pattern; after the sync one, the sum of
- * both micro-steps over ranks is (n+1)/2 * pattern.  Then a micro-step
- * forced to sync by tdm_sync_now alone: (n+1)/4 * pattern. */
+ * both micro-steps over ranks is n(n+1) * scale * pattern.  Then a
+ * micro-step forced to sync by tdm_sync_now alone: n(n+1)/2 * scale. */
 static long overlap_check(model_t *m) {
   float v = (float)((m->rank + 1) * m->scale);
   long wrong;
@@ -698,11 +699,12 @@ static long overlap_check(model_t *m) {
   backward(m, 0.0, 0, v);
   wrong = model_wrong(m, (m->rank + 1) * m->scale);
   backward(m, 0.0, 0, v);
-  wrong += model_wrong(m, (m->nranks + 1) / 2.0);
+  double sum = m->nranks * (m->nranks + 1) / 2.0 * m->scale;
+  wrong += model_wrong(m, 2 * sum);
   model_zero(m);
   TDM_CHECK(tdm_sync_now(m->engine));
   backward(m, 0.0, 0, v);
-  return wrong + model_wrong(m, (m->nranks + 1) / 4.0);
+  return wrong + model_wrong(m, sum);
 }
 
 /* One progress mode: per rep, with gradient_accumulation_steps = 2,

@@ -454,6 +454,21 @@ tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
                          tdm_dtype dtype, int ndim, const int64_t *shape,
                          const void *initial, int flags, int *param);
 
+/* A parameter the program keeps pointers to: data and grad are the
+ * addresses of its two pointer variables (float ** for an f32 one; grad
+ * may be NULL).  Registers count elements of dtype, their initial values
+ * read from *data now, in module, which is created on first use when it
+ * is the next index (named by its index); the parameter is named
+ * "<module's name>.<name>", as torch.nn.Sequential names them ("0.weight").
+ * tdm_prepare then points *data and *grad at the engine's buffers, which
+ * never move (see tdm_param_buffers); the program's own arrays are left
+ * to it.  The data must be what the model computes with: under
+ * TANDEM_MIXED_PRECISION bf16/fp16 an f32 parameter's is not f32, and
+ * tdm_prepare refuses. */
+tdm_status tdm_bind_param(tdm_engine *engine, int module, const char *name,
+                          tdm_dtype dtype, int64_t count, void *data,
+                          void *grad);
+
 /* Collective.  Checks that every rank registered the same modules and
  * parameters (else fails everywhere naming the first difference), lays out
  * the storage and the buckets, and broadcasts rank 0's initial values. */
@@ -522,6 +537,9 @@ tdm_status tdm_get_bucket(tdm_engine *engine, int bucket,
                           int *param_count);
 tdm_status tdm_get_param_bucket(const tdm_engine *engine, int param,
                                 int *bucket);
+/* The micro-steps of an accumulation cycle (gradient_accumulation_steps). */
+tdm_status tdm_get_gradient_accumulation_steps(const tdm_engine *engine,
+                                               int *steps);
 /* The progress mode in use (TDM_PROGRESS_POLL or TDM_PROGRESS_THREAD). */
 tdm_status tdm_get_progress_mode(const tdm_engine *engine,
                                  tdm_progress_mode *mode);
@@ -640,21 +658,25 @@ typedef enum {
   TDM_OPTIMIZER_ADAM = 1,  /* torch.optim.Adam (weight decay added to the
                               gradient)                                    */
   TDM_OPTIMIZER_ADAMW = 2, /* torch.optim.AdamW (decoupled weight decay)   */
-  TDM_OPTIMIZER_LION = 3   /* Lion (Chen et al. 2023; lion-pytorch)        */
+  TDM_OPTIMIZER_LION = 3,  /* Lion (Chen et al. 2023; lion-pytorch)        */
+  TDM_OPTIMIZER_CUSTOM = 4 /* the program's own update function
+                              (tdm_optimizer_create_custom)               */
 } tdm_optimizer_kind;
 
-/* Start from TDM_OPTIMIZER_OPTIONS_INIT (SGD, lr 1e-3, no momentum, no
- * weight decay; the kind's own betas and eps).  A negative beta1, beta2,
- * eps or loss-scaler field means the default named beside it. */
+/* Start from TDM_OPTIMIZER_OPTIONS_INIT (SGD, lr 1e-3, no momentum; the
+ * kind's own weight decay, betas and eps, as torch has them).  A negative
+ * weight_decay, beta1, beta2, eps or loss-scaler field means the default
+ * named beside it. */
 typedef struct tdm_optimizer_options {
   size_t size;         /* sizeof(tdm_optimizer_options) in the caller */
-  int kind;            /* tdm_optimizer_kind                          */
+  tdm_optimizer_kind kind;
   double lr;
   double momentum;     /* SGD                                          */
   double dampening;    /* SGD                                          */
   int nesterov;        /* SGD; needs momentum > 0 and dampening 0      */
   double weight_decay; /* SGD, Adam: L2 added to the gradient; AdamW,
-                          Lion: decoupled, p *= 1 - lr * weight_decay  */
+                          Lion: decoupled, p *= 1 - lr * weight_decay.
+                          AdamW 0.01; SGD, Adam, Lion 0                */
   double beta1;        /* Adam, AdamW 0.9; Lion 0.9                    */
   double beta2;        /* Adam, AdamW 0.999; Lion 0.99                 */
   double eps;          /* Adam, AdamW 1e-8                             */
@@ -667,7 +689,7 @@ typedef struct tdm_optimizer_options {
 
 #define TDM_OPTIMIZER_OPTIONS_INIT                                        \
   { sizeof(tdm_optimizer_options), TDM_OPTIMIZER_SGD, 1e-3, 0.0, 0.0, 0,  \
-    0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1 }
+    -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1 }
 
 tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options);
 
@@ -679,6 +701,25 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
                                 const tdm_optimizer_options *options,
                                 tdm_optimizer **optimizer);
 tdm_status tdm_optimizer_destroy(tdm_optimizer *optimizer);
+
+/* The program's own elementwise update, with tandem's sharding: at each
+ * boundary tdm_step calls update on every stretch of this rank's part of
+ * the f32 parameters (its shard under ZeRO-1..3): param the f32 values
+ * (the master weights under mixed precision; the compute copies follow),
+ * grad the gradient as f32, averaged over ranks and micro-steps, unscaled
+ * and clipped (zeroed by tandem afterwards), state0 and state1 two arrays
+ * of n floats that tandem keeps for it (zero at first, sharded like the
+ * values, saved by tdm_save_state as <name>.state0 and .state1), and step
+ * the update's count, from 1.  An Adam-style function written for one
+ * process, update(float *p, float *g, float *m, float *v, int n, int t),
+ * fits as it is.  It runs on the CPU: on a GPU it needs
+ * offload = TDM_OFFLOAD_OPTIMIZER.  Learning-rate schedules and groups do
+ * not apply (the function has its own rate); clipping does. */
+typedef void (*tdm_update_fn)(float *param, float *grad, float *state0,
+                              float *state1, int n, int step);
+tdm_status tdm_optimizer_create_custom(tdm_engine *engine,
+                                       tdm_update_fn update,
+                                       tdm_optimizer **optimizer);
 
 /* Parameter groups (torch's param_groups): a new group with its own
  * learning rate and weight decay; *group is its index.  Groups are set up
@@ -712,7 +753,7 @@ typedef enum {
 
 typedef struct tdm_schedule_options {
   size_t size;            /* sizeof(tdm_schedule_options) in the caller */
-  int kind;               /* tdm_schedule_kind                          */
+  tdm_schedule_kind kind;
   int64_t warmup_steps;   /* linear warmup from 0                       */
   int64_t training_steps; /* total steps (linear, cosine, polynomial)   */
   double num_cycles;      /* cosine 0.5 (half a wave), restarts 1       */
@@ -882,6 +923,43 @@ tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
                                     uint64_t bytes[TDM_MEM_NUM_CATEGORIES]);
 
 #if defined(__GNUC__)
+/* ---- session: one engine, set up in one call ---------------------------- */
+/*
+ * For a program with one engine, what tdm_init, tdm_get_rank,
+ * tdm_get_world_size and tdm_engine_create give, in one struct
+ * (Accelerate's Accelerator()):
+ *
+ *   static tdm_session tdm = TDM_SESSION_INIT;
+ *   tdm_start(&argc, &argv, &tdm);          options from TANDEM_* and the
+ *   tdm_bind_param(tdm.engine, ...);        config file, as tdm_init
+ *   tdm_prepare(tdm.engine);
+ *   tdm_optimizer_create(tdm.engine, &o, &tdm.optimizer);
+ *   ... tdm_step(tdm.optimizer, NULL) per micro-step ...
+ *   tdm_stop(&tdm);                         destroys what it holds
+ *
+ * device says where the model's math runs, so where its pointers must
+ * point: TDM_DEVICE_CPU (the default: plain C), TDM_DEVICE_CUDA, or
+ * TDM_DEVICE_AUTO (tdm_init's rule).  TANDEM_DEVICE does not override it.
+ */
+typedef struct tdm_session {
+  size_t size;              /* sizeof(tdm_session) in the caller */
+  tdm_device_kind device;   /* in: where the model computes       */
+  tdm_context *ctx;         /* out */
+  tdm_engine *engine;       /* out */
+  tdm_optimizer *optimizer; /* the program's: tdm_stop destroys it */
+  int rank, world_size;     /* out */
+} tdm_session;
+
+#define TDM_SESSION_INIT                                                  \
+  { sizeof(tdm_session), TDM_DEVICE_CPU, NULL, NULL, NULL, 0, 1 }
+
+/* Collective: tdm_init (with session->device), then tdm_engine_create.
+ * On failure nothing is left open. */
+tdm_status tdm_start(int *argc, char ***argv, tdm_session *session);
+/* Collective: destroys the session's optimizer (if set) and engine, then
+ * tdm_finalize.  Returns the first failure. */
+tdm_status tdm_stop(tdm_session *session);
+
 #pragma GCC visibility pop
 #endif
 

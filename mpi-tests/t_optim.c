@@ -3,8 +3,8 @@
  * tests/gen_optim_ref.py from torch.optim, lion-pytorch and transformers):
  *  - every reference case (SGD, Adam, AdamW, Lion; parameter groups;
  *    schedules; clip_grad_norm_ / clip_grad_value_) runs through the
- *    public API on every rank, each rank adding g * tdm_loss_scale() so
- *    that the reduced gradient is g; parameters are checked after several
+ *    public API on every rank, each rank adding g * tdm_loss_scale() (1
+ *    without fp16) so that the averaged gradient is g; parameters are checked after several
  *    steps, group 0's learning rate before every step and the returned
  *    norm at every clip;
  *  - tdm_schedule_factor against every schedule row;
@@ -59,7 +59,8 @@ typedef struct {
   int nodecay_count[MAXG];
   double group_lr[MAXG], group_wd[MAXG];
   int assign[MAXP];
-  tdm_schedule_options so; /* so.kind -1: no schedule */
+  tdm_schedule_options so;
+  int has_schedule;        /* 0: kind -1 in the file, no schedule */
   int clip_mode;           /* 0 none, 1 norm, 2 value */
   double clip_value;
   int steps;
@@ -232,8 +233,9 @@ static int get_schedule(reader *r, tdm_schedule_options *so) {
 
 static int read_case(reader *r, ref_data *d, ref_case *c) {
   tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
+  int kind = 0;
   if (expect(r, "case") || get_name(r, c->name) || expect(r, "kind") ||
-      get_int(r, 0, 3, &oo.kind) || labelled_double(r, "lr", &oo.lr) ||
+      get_int(r, 0, 3, &kind) || labelled_double(r, "lr", &oo.lr) ||
       labelled_double(r, "momentum", &oo.momentum) ||
       labelled_double(r, "dampening", &oo.dampening) ||
       expect(r, "nesterov") || get_int(r, 0, 1, &oo.nesterov) ||
@@ -242,6 +244,7 @@ static int read_case(reader *r, ref_data *d, ref_case *c) {
       labelled_double(r, "beta2", &oo.beta2) ||
       labelled_double(r, "eps", &oo.eps))
     return -1;
+  oo.kind = (tdm_optimizer_kind)kind;
   c->oo = oo;
   if (expect(r, "groups") || get_int(r, 0, MAXG, &c->ngroups))
     return -1;
@@ -266,9 +269,12 @@ static int read_case(reader *r, ref_data *d, ref_case *c) {
     if (get_int(r, 0, c->ngroups, &c->assign[k]))
       return -1;
   tdm_schedule_options so = TDM_SCHEDULE_OPTIONS_INIT;
-  if (expect(r, "schedule") || get_int(r, -1, 6, &so.kind) ||
+  int sched = 0;
+  if (expect(r, "schedule") || get_int(r, -1, 6, &sched) ||
       get_schedule(r, &so))
     return -1;
+  c->has_schedule = sched >= 0;
+  so.kind = (tdm_schedule_kind)(sched >= 0 ? sched : 0);
   c->so = so;
   if (expect(r, "clip") || get_int(r, 0, 2, &c->clip_mode) ||
       get_double(r, &c->clip_value) || expect(r, "steps") ||
@@ -303,11 +309,13 @@ static int read_case(reader *r, ref_data *d, ref_case *c) {
 
 static int read_sched(reader *r, ref_sched *s) {
   tdm_schedule_options so = TDM_SCHEDULE_OPTIONS_INIT;
+  int kind = 0;
   if (expect(r, "sched") || get_name(r, s->name) || expect(r, "kind") ||
-      get_int(r, 0, 6, &so.kind) || get_schedule(r, &so) ||
+      get_int(r, 0, 6, &kind) || get_schedule(r, &so) ||
       labelled_double(r, "base_lr", &s->base_lr) || expect(r, "steps") ||
       get_int(r, 1, 100000, &s->steps))
     return -1;
+  so.kind = (tdm_schedule_kind)kind;
   s->so = so;
   s->factor = calloc((size_t)s->steps, sizeof *s->factor);
   if (!s->factor)
@@ -586,7 +594,7 @@ static void run_case(const ref_data *d, const ref_case *c) {
   for (int k = 0; k < d->np; k++)
     if (c->assign[k] > 0 && !c->nodecay[c->assign[k] - 1])
       TH_OK(tdm_optimizer_set_group(opt, m.param[k], c->assign[k]));
-  if (c->so.kind >= 0)
+  if (c->has_schedule)
     TH_OK(tdm_optimizer_set_schedule(opt, &c->so));
 
   double worst = 0, lr_worst = 0, norm_worst = 0;
@@ -674,7 +682,7 @@ static void schedules(const ref_data *d) {
         if (bad++ < 3)
           TH_CHECK(0, "schedule %d (%s kind %d warmup %lld training %lld) "
                    "step %d: %s, factor %.17g, want %.17g", i, s->name,
-                   s->so.kind, (long long)s->so.warmup_steps,
+                   (int)s->so.kind, (long long)s->so.warmup_steps,
                    (long long)s->so.training_steps, t,
                    tdm_status_string(st), f, s->factor[t]);
       }
@@ -725,6 +733,13 @@ static void small_backward(tdm_engine *e, float per, int end) {
     TH_OK(tdm_backward_end(e));
 }
 
+/* The shape tdm_optimizer_create_custom takes. */
+static void custom_sgd(float *p, float *g, float *m, float *v, int n, int t) {
+  (void)m, (void)v, (void)t;
+  for (int i = 0; i < n; i++)
+    p[i] -= 0.1f * g[i];
+}
+
 static void argument_errors(void) {
   float *w, *wg;
   tdm_engine *e = small_engine(ctx, &w, &wg);
@@ -737,9 +752,17 @@ static void argument_errors(void) {
   TH_FAILS(tdm_optimizer_create(NULL, &oo, &opt), inv, "tdm_optimizer_create");
   TH_FAILS(tdm_optimizer_create(e, NULL, &opt), inv, "tdm_optimizer_create");
   TH_FAILS(tdm_optimizer_create(e, &oo, NULL), inv, "tdm_optimizer_create");
-  oo.kind = 4;
+  oo.kind = TDM_OPTIMIZER_CUSTOM; /* a function, not options */
+  TH_FAILS(tdm_optimizer_create(e, &oo, &opt), inv,
+           "comes with tdm_optimizer_create_custom");
+  oo.kind = 5;
   TH_FAILS(tdm_optimizer_create(e, &oo, &opt), inv, "tdm_optimizer_create");
-  oo.kind = -1;
+  TH_FAILS(tdm_optimizer_create_custom(e, NULL, &opt), inv, "update is NULL");
+  TH_FAILS(tdm_optimizer_create_custom(NULL, custom_sgd, &opt), inv,
+           "tdm_optimizer_create_custom");
+  TH_FAILS(tdm_optimizer_create_custom(e, custom_sgd, NULL), inv,
+           "tdm_optimizer_create_custom");
+  oo.kind = (tdm_optimizer_kind)-1;
   TH_FAILS(tdm_optimizer_create(e, &oo, &opt), inv, "tdm_optimizer_create");
   for (int kind = TDM_OPTIMIZER_SGD; kind <= TDM_OPTIMIZER_LION; kind++) {
     tdm_optimizer_options_init(&oo);
@@ -829,18 +852,13 @@ static void argument_errors(void) {
            "fresh optimizer: steps %lld lr %g loss_scale %g",
            (long long)info.steps, info.lr, info.loss_scale);
 
-  /* clipping outside a boundary */
   double norm = 0;
   TH_FAILS(tdm_clip_grad_norm(NULL, 1.0, &norm), inv, "tdm_clip_grad_norm");
   TH_FAILS(tdm_clip_grad_value(NULL, 1.0), inv, "tdm_clip_grad_value");
   const int use = TDM_ERR_INVALID_USAGE;
-  TH_FAILS(tdm_clip_grad_norm(opt, 1.0, &norm), use, "tdm_clip_grad_norm");
-  TH_FAILS(tdm_clip_grad_value(opt, 1.0), use, "tdm_clip_grad_value");
+  /* clipping ends the micro-step in progress, as tdm_step would (outside
+   * a boundary it is refused: see accumulation below) */
   small_backward(e, 3.0f, 0); /* begun, not ended */
-  TH_FAILS(tdm_clip_grad_norm(opt, 1.0, &norm), use, "tdm_clip_grad_norm");
-  TH_FAILS(tdm_clip_grad_value(opt, 1.0), use, "tdm_clip_grad_value");
-  TH_FAILS(tdm_step(opt, NULL), use, "tdm_step");
-  TH_OK(tdm_backward_end(e));
   norm = -1;
   TH_OK(tdm_clip_grad_norm(opt, 1e9, &norm)); /* no clip */
   /* 8 gradient elements of 3 */
@@ -850,8 +868,12 @@ static void argument_errors(void) {
   int stepped = -1;
   TH_OK(tdm_step(opt, &stepped));
   TH_CHECK(stepped == 1, "stepped %d", stepped);
-  TH_FAILS(tdm_clip_grad_norm(opt, 1.0, &norm), use, "tdm_clip_grad_norm");
-  TH_FAILS(tdm_clip_grad_value(opt, 1.0), use, "tdm_clip_grad_value");
+  /* after the step a clip ends the next micro-step, here with nothing
+   * added: norm 0 */
+  norm = -1;
+  TH_OK(tdm_clip_grad_norm(opt, 1.0, &norm));
+  TH_CHECK(norm == 0, "norm %.9g of an empty micro-step", norm);
+  TH_OK(tdm_step(opt, &stepped));
 
   /* groups and schedule after the first step */
   TH_FAILS(tdm_optimizer_add_group(opt, 0.1, 0.0, &g), use,
@@ -868,7 +890,8 @@ static void argument_errors(void) {
   TH_OK(tdm_step(opt, &stepped));
   TH_CHECK(stepped == 1, "stepped %d", stepped);
   TH_OK(tdm_get_optimizer_info(opt, &info));
-  TH_CHECK(info.steps == 2, "%lld steps, want 2", (long long)info.steps);
+  TH_CHECK(info.steps == 3, "%lld steps, want 3 (one of an empty micro-step)",
+           (long long)info.steps);
   TH_OK(tdm_optimizer_destroy(opt));
   TH_FAILS(tdm_optimizer_destroy(opt), use, "tdm_optimizer_destroy");
   TH_FAILS(tdm_clip_grad_norm(opt, 1.0, &norm), use, "tdm_clip_grad_norm");
@@ -906,9 +929,11 @@ static void accumulation(void) {
   TH_OK(tdm_clip_grad_norm(opt, 1.0, &norm));
   TH_CHECK(fabs(norm - want) <= 1e-6 * want, "boundary norm %.9g, want %.9g",
            norm, want);
+  /* the buffer holds the sum over ranks and micro-steps, 4 N */
   for (int i = 0; wg && i < 4; i++)
-    TH_CHECK(fabs(wg[i] - 2.0) <= 1e-6,
-             "clip changed the gradient buffer: %.9g, want 2", wg[i]);
+    TH_CHECK(fabs(wg[i] - 4.0 * size) <= 1e-6 * size,
+             "clip changed the gradient buffer: %.9g, want %d", wg[i],
+             4 * size);
   TH_OK(tdm_step(opt, &stepped));
   TH_CHECK(stepped == 1, "stepped %d at the boundary", stepped);
   double coef = 1.0 / (want + 1e-6);

@@ -81,11 +81,9 @@ int main(int argc, char **argv) {
   int steps = a.steps, rank, size, accum;
   TRY(tdm_get_rank(ctx, &rank));
   TRY(tdm_get_world_size(ctx, &size));
-  tdm_options o = TDM_OPTIONS_INIT;
-  TRY(tdm_get_options(ctx, &o));
-  accum = o.gradient_accumulation_steps;
 
   TRY(tdm_engine_create(ctx, &engine));
+  TRY(tdm_get_gradient_accumulation_steps(engine, &accum));
   TRY(mlp_register(ctx, engine, 1234, &model));
   TRY(tdm_prepare(engine)); /* every rank now holds rank 0's weights */
   tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
@@ -117,14 +115,11 @@ int main(int argc, char **argv) {
     long first = (micro++ * size + rank) * BATCH_PER_RANK % DATASET;
     int boundary;
     TRY(tdm_is_sync_step(engine, &boundary));
-    /* 1 / (ranks * micro-steps), times the loss scale under fp16 */
-    TRY(tdm_loss_scale(engine, &scale));
-    TRY(tdm_backward_begin(engine));
+    TRY(tdm_loss_scale(engine, &scale)); /* fp16's loss scale; else 1 */
     TRY(mlp_forward_backward(engine, &model, &x[first * MLP_IN], &y[first],
                              BATCH_PER_RANK, scale, &loss));
-    TRY(tdm_backward_end(engine)); /* the last micro-step waits for sync */
     step_loss += loss / accum;
-    int stepped;
+    int stepped; /* ends the micro-step: syncs, averages, steps at the end */
     TRY(tdm_step(opt, &stepped));
     if (boundary && !stepped) { /* fp16: inf/nan gradients, scale lowered */
       skipped++;

@@ -343,14 +343,15 @@ static tdm_status restore_user(const tdmi_ckpt_ctx *c, const char *dir,
 
 static tdm_status check_compatible(const tdmi_ckpt_ctx *c, const char *dir,
                                    const tdmi_ckpt_state *s) {
-  static const char *const kinds[] = {"sgd", "adam", "adamw", "lion"};
+  static const char *const kinds[] = {"sgd", "adam", "adamw", "lion",
+                                      "custom"};
   if (!c->opt)
     return TDM_SUCCESS;
   if (!s->has_optimizer)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "tdm_load_state: %s was "
                       "saved without an optimizer; pass NULL, or "
                       "tdm_load_weights for the values only", dir);
-  if (s->optimizer_kind != c->opt->o.kind)
+  if (s->optimizer_kind != (int)c->opt->o.kind)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "tdm_load_state: %s holds "
                       "the state of a %s optimizer, this one is %s", dir,
                       kinds[s->optimizer_kind], kinds[c->opt->o.kind]);

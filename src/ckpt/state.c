@@ -9,7 +9,8 @@
 
 static const char *const precision_names[] = {"no", "bf16", "fp16"};
 static const char *const offload_names[] = {"none", "optimizer", "params"};
-static const char *const kind_names[] = {"sgd", "adam", "adamw", "lion"};
+static const char *const kind_names[] = {"sgd", "adam", "adamw", "lion",
+                                         "custom"};
 
 static const char *dtype_text(int dtype) {
   return dtype == TDM_UNSET ? "param" : tdmi_dtype_name((tdm_dtype)dtype);
@@ -119,7 +120,7 @@ static tdm_status parse_optimizer(json_t *o, const char *file,
     return TDM_SUCCESS;
   if (!json_is_object(o))
     return bad(file, "optimizer", "is not an object or null");
-  TDMI_TRY(get_enum(o, "kind", file, kind_names, 4, &s->optimizer_kind));
+  TDMI_TRY(get_enum(o, "kind", file, kind_names, 5, &s->optimizer_kind));
   TDMI_TRY(get_int(o, "steps", file, 0, INT64_MAX, &s->opt_steps));
   TDMI_TRY(get_int(o, "skipped_steps", file, 0, INT64_MAX, &s->opt_skipped));
   json_t *ls = json_object_get(o, "last_skipped");

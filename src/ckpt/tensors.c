@@ -352,6 +352,8 @@ void tdmi_ckpt_put_path(const tdm_checkpoint_options *o, const char *dir) {
 static const char *state_name(int kind, int which) {
   if (kind == TDM_OPTIMIZER_SGD)
     return "momentum_buffer";
+  if (kind == TDM_OPTIMIZER_CUSTOM)
+    return which == TDMI_CKPT_STATE0 ? "state0" : "state1";
   return which == TDMI_CKPT_STATE0 ? "exp_avg" : "exp_avg_sq";
 }
 

@@ -24,6 +24,7 @@ typedef struct {
   size_t numel;
   int flags;      /* TDM_PARAM_* */
   void *initial;  /* staged values until tdm_prepare; NULL: zeros */
+  void **bind_data, **bind_grad; /* tdm_bind_param: the program's pointers */
   size_t first;   /* element index into the flat buffers of its dtype */
   int bucket;
   int ready;      /* marked in the micro-step in progress */
@@ -34,6 +35,7 @@ typedef struct {
   int *params;    /* indices, in registration order */
   int nparams;
   int bucket_first, nbuckets; /* stage 3: its buckets, consecutive */
+  int fetched_in_micro; /* stage 3: fetched since the last micro-step ended */
 } tdmi_module;
 
 /* How the engine's collectives move bytes (transport.c): MPI on host
@@ -211,6 +213,8 @@ struct tdm_engine {
   int micro;         /* index in the accumulation cycle */
   int force_sync;    /* tdm_sync_now was called */
   int at_boundary;   /* a sync micro-step ended; the optimizer may step */
+  int ended;         /* a micro-step ended and tdm_step has not seen it */
+  int cycle_micro_steps; /* the micro-steps of the cycle that ended there */
   tdm_status sticky; /* first error of the micro-step, reported again */
   char sticky_msg[512];
 
@@ -275,6 +279,10 @@ void tdmi_mem_traffic(tdm_engine *e, uint64_t bytes);
 /* ZeRO-3 (fetch.c): the gathered module buffers. */
 tdm_status tdmi_fetch_regather(tdm_engine *e); /* after an update */
 void tdmi_fetch_free(tdm_engine *e);
+/* Stage 3, at the end of a micro-step: the first module that is not
+ * persistent and was not fetched in it (the model read zeros for it) is
+ * an error; then every module counts as not fetched again. */
+tdm_status tdmi_fetch_check_used(tdm_engine *e, const char *fn);
 /* The parameter's compute values and gradient for tdm_param_buffers. */
 tdm_status tdmi_param_data(tdm_engine *e, int param, void **data);
 tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad);
@@ -292,8 +300,9 @@ void tdmi_bucket_drop_values(tdm_engine *e, tdmi_bucket *b);
 tdm_status tdmi_bucket_hold_grads(tdm_engine *e, tdmi_bucket *b,
                                   const char *fn);
 void tdmi_bucket_drop_grads(tdm_engine *e, tdmi_bucket *b);
-/* A micro-step begins: gradients become writable (TANDEM_DEBUG). */
-tdm_status tdmi_window_open_grads(tdm_engine *e);
+/* After a failed micro-step: every gradient in the windows reads zero
+ * again, whether its bucket was held or only written by the model. */
+void tdmi_window_clear_grads(tdm_engine *e);
 /* Parameter p's fixed address in the value or gradient window, or NULL
  * where there is none. */
 void *tdmi_window_values(const tdm_engine *e, const tdmi_param *p);
@@ -362,7 +371,12 @@ void tdmi_engine_param_range(const tdm_engine *e, int i, tdm_dtype *dtype,
 tdm_status tdmi_engine_sum_partials(tdm_engine *e, double *values, int n);
 /* Whether the optimizer steps now: 1 at the end of an accumulation cycle,
  * 0 otherwise, an error inside backward. */
-tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step);
+tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int consume,
+                                  int *step);
+/* A micro-step is in progress from here on, if none was (the first call
+ * of a micro-step that needs one opens it: tdm_backward_begin is
+ * optional). */
+void tdmi_engine_open_micro_step(tdm_engine *e);
 /* Ends the cycle's step: zeroes the gradients the update did not, and
  * after an update (updated) gives every rank the new values.
  * Collective. */
@@ -370,7 +384,11 @@ tdm_status tdmi_engine_step_end(tdm_engine *e, int updated);
 /* After new master values were written into the spans: refreshes the
  * compute copies and gathers them as after an update.  Collective. */
 tdm_status tdmi_engine_values_loaded(tdm_engine *e);
-/* The fp16 loss scale tdm_loss_scale multiplies in. */
+/* The fp16 loss scale tdm_loss_scale returns. */
 void tdmi_engine_set_loss_scale(tdm_engine *e, double scale);
+/* What the reduced gradients are divided by to be the average the
+ * optimizer steps with: ranks times the micro-steps of the cycle (the
+ * model seeds its backward as one process would, and the reductions sum). */
+double tdmi_engine_grad_divisor(const tdm_engine *e);
 
 #endif /* TDM_ENGINE_H */

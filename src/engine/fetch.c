@@ -126,10 +126,43 @@ tdm_status tdm_fetch_module(tdm_engine *e, int module) {
     bk->fetched = 1;
     bk->prefetched = 0;
   }
+  e->modules[module].fetched_in_micro = 1;
   if (module != e->last_fetch)
     e->fetch_dir = module > e->last_fetch ? 1 : -1;
   e->last_fetch = module;
   return prefetch(e, module);
+}
+
+static int maybe_unused(const tdm_engine *e, const tdmi_module *m) {
+  for (int i = 0; i < m->nparams; i++)
+    if (!(e->params[m->params[i]].flags & TDM_PARAM_MAYBE_UNUSED))
+      return 0;
+  return 1;
+}
+
+tdm_status tdmi_fetch_check_used(tdm_engine *e, const char *fn) {
+  tdm_status st = TDM_SUCCESS;
+  for (int i = 0; e->stage == 3 && i < e->nmodules; i++) {
+    tdmi_module *m = &e->modules[i];
+    int first, n = bucket_range(e, i, &first), persistent = 1;
+    size_t elems = 0;
+    for (int b = first; b < first + n; b++) {
+      persistent &= e->buckets[b].persistent;
+      elems += e->buckets[b].count;
+    }
+    if (st == TDM_SUCCESS && !m->fetched_in_micro && !persistent &&
+        !maybe_unused(e, m))
+      st = tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: ZeRO-3: module '%s' (%zu elements) was not "
+                      "fetched in this micro-step, so its values read zero; "
+                      "call tdm_fetch_module and tdm_release_module around "
+                      "its use, or keep it gathered with "
+                      "zero3_persistence_threshold "
+                      "(TANDEM_ZERO3_PERSISTENCE_THRESHOLD) above %zu", fn,
+                      m->name, elems, elems);
+    m->fetched_in_micro = 0;
+  }
+  return st;
 }
 
 tdm_status tdm_release_module(tdm_engine *e, int module) {
@@ -208,13 +241,13 @@ tdm_status tdmi_param_grad(tdm_engine *e, int param, void **grad) {
   }
   if ((*grad = tdmi_window_grads(e, p)))
     return TDM_SUCCESS; /* the same address in every micro-step */
-  if (!e->in_backward || p->ready)
+  tdmi_engine_open_micro_step(e);
+  if (p->ready)
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "tdm_param_buffers: the gradient of '%s' exists only "
                       "inside a micro-step until it is marked ready (zero "
-                      "stage %d); %s", p->name, e->stage,
-                      p->ready ? "it was marked ready already"
-                               : "call tdm_backward_begin first");
+                      "stage %d); it was marked ready already", p->name,
+                      e->stage);
   TDMI_TRY(tdmi_bucket_hold_grads(e, b, "tdm_param_buffers"));
   *grad = (char *)b->staging + (p->first - b->first) * gsize;
   return TDM_SUCCESS;

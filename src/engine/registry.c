@@ -296,6 +296,66 @@ tdm_status tdm_add_param(tdm_engine *e, int module, const char *name,
   return TDM_SUCCESS;
 }
 
+tdm_status tdm_bind_param(tdm_engine *e, int module, const char *name,
+                          tdm_dtype dtype, int64_t count, void *data,
+                          void *grad) {
+  const char *fn = "tdm_bind_param";
+  TDMI_TRY(check_unprepared(e, fn));
+  TDMI_TRY(check_name(fn, name));
+  TDMI_TRY(tdmi_check_ptr(fn, data, "data"));
+  if (module == e->nmodules) {
+    char index[16];
+    snprintf(index, sizeof index, "%d", module);
+    TDMI_TRY(tdm_add_module(e, index, &module));
+  } else if (module < 0 || module > e->nmodules) {
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "%s: '%s': module %d is neither registered nor the "
+                      "next one (%d modules)", fn, name, module, e->nmodules);
+  }
+  size_t len = strlen(e->modules[module].name) + strlen(name) + 2;
+  char *full = malloc(len);
+  if (!full)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
+  snprintf(full, len, "%s.%s", e->modules[module].name, name);
+  int param;
+  tdm_status st = tdm_add_param(e, module, full, dtype, 1, &count,
+                                *(void **)data, 0, &param);
+  free(full);
+  TDMI_TRY(st);
+  e->params[param].bind_data = data;
+  e->params[param].bind_grad = grad;
+  return TDM_SUCCESS;
+}
+
+/* tdm_prepare's last part: the program's bound pointers, once. */
+static tdm_status bind_pointers(tdm_engine *e) {
+  const char *fn = "tdm_prepare";
+  for (int i = 0; i < e->nparams; i++) {
+    tdmi_param *p = &e->params[i];
+    if (!p->bind_data)
+      continue;
+    tdm_dtype computes = tdmi_flat_compute_dtype(&e->flat[p->dtype], p->dtype);
+    if (computes != p->dtype)
+      return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                        "%s: '%s' was bound as %s, but the model computes "
+                        "in %s under mixed precision; bind the %s compute "
+                        "copy's pointer (tdm_get_param_dtypes), or leave "
+                        "TANDEM_MIXED_PRECISION unset", fn, p->name,
+                        tdmi_dtype_name(p->dtype), tdmi_dtype_name(computes),
+                        tdmi_dtype_name(computes));
+    if (e->stage >= 2 && !tdmi_window_grads(e, p))
+      return tdmi_error(TDM_ERR_NOT_SUPPORTED,
+                        "%s: '%s': pointers that stay valid at ZeRO-%d need "
+                        "reserved address space, which this device does not "
+                        "have yet (a GPU); use tdm_param_buffers per "
+                        "micro-step, or stage 0-1", fn, p->name, e->stage);
+    TDMI_TRY(tdmi_param_data(e, i, p->bind_data));
+    if (p->bind_grad)
+      TDMI_TRY(tdmi_param_grad(e, i, p->bind_grad));
+  }
+  return TDM_SUCCESS;
+}
+
 /* ---- tdm_prepare ---- */
 
 /* One line per module and parameter: what all ranks must agree on. */
@@ -405,7 +465,7 @@ tdm_status tdm_prepare(tdm_engine *e) {
     return st;
   e->prepared = 1;
   log_layout(e);
-  return TDM_SUCCESS;
+  return tdmi_agree(e->comm, bind_pointers(e), fn);
 }
 
 /* ---- lookups ---- */

@@ -158,6 +158,8 @@ static void wait_all(tdm_engine *e) {
 
 /* ---- the micro-step ---- */
 
+static tdm_status end_micro_step(tdm_engine *e, const char *fn);
+
 /* Whether the next micro-step ends the accumulation cycle. */
 static int next_syncs(const tdm_engine *e) {
   return e->force_sync || e->micro == e->accumulation_steps - 1;
@@ -169,21 +171,11 @@ static int polling(const tdm_engine *e) {
   return e->mode == TDM_PROGRESS_POLL && e->in_backward && e->syncing;
 }
 
-static tdm_status check_in_backward(const tdm_engine *e, const char *fn) {
-  if (!e->in_backward)
-    return tdmi_error(TDM_ERR_INVALID_USAGE,
-                      "%s: no micro-step is in progress (call "
-                      "tdm_backward_begin first)", fn);
-  return TDM_SUCCESS;
-}
-
-tdm_status tdm_backward_begin(tdm_engine *e) {
-  const char *fn = "tdm_backward_begin";
-  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
-  if (e->in_backward)
-    return tdmi_error(TDM_ERR_INVALID_USAGE,
-                      "%s: the micro-step in progress has not ended (call "
-                      "tdm_backward_end first)", fn);
+/* A micro-step starts: explicitly, or implicitly at the first call that
+ * needs one (tdmi_engine_open_micro_step).  The gradients need nothing
+ * here: they start at zero because every micro-step's end leaves them so
+ * (reduced and given back, or zeroed with a dropped cycle). */
+static void begin(tdm_engine *e) {
   e->boundary = next_syncs(e);
   e->syncing = e->boundary || e->stage >= 2; /* ZeRO-2/3: every micro-step */
   e->force_sync = 0;
@@ -197,15 +189,28 @@ tdm_status tdm_backward_begin(tdm_engine *e) {
     if (bk->state != TDM_BUCKET_IDLE)
       set_state(e, b, TDM_BUCKET_IDLE);
     bk->pending = bk->nparams;
-    /* Left by a failed reduction: each micro-step starts from zero. */
-    tdmi_bucket_drop_grads(e, bk);
   }
   e->next_launch = e->nreduced = 0;
   e->comm_status = TDM_SUCCESS;
   pthread_mutex_unlock(&e->lock);
-  TDMI_TRY(tdmi_window_open_grads(e));
   e->in_backward = 1;
+  e->ended = 0;
+}
+
+tdm_status tdm_backward_begin(tdm_engine *e) {
+  const char *fn = "tdm_backward_begin";
+  TDMI_TRY(tdmi_engine_check_prepared(e, fn));
+  if (e->in_backward)
+    return tdmi_error(TDM_ERR_INVALID_USAGE,
+                      "%s: the micro-step in progress has not ended (call "
+                      "tdm_backward_end or tdm_step first)", fn);
+  begin(e);
   return TDM_SUCCESS;
+}
+
+void tdmi_engine_open_micro_step(tdm_engine *e) {
+  if (!e->in_backward)
+    begin(e);
 }
 
 /* Counts the parameter in its bucket; the bucket may become READY. */
@@ -255,14 +260,14 @@ static tdm_status mark_checked(tdm_engine *e, int param, const char *fn) {
 tdm_status tdm_grad_ready(tdm_engine *e, int param) {
   const char *fn = "tdm_grad_ready";
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
-  TDMI_TRY(check_in_backward(e, fn));
+  tdmi_engine_open_micro_step(e);
   return mark_checked(e, param, fn);
 }
 
 tdm_status tdm_module_grads_ready(tdm_engine *e, int module) {
   const char *fn = "tdm_module_grads_ready";
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
-  TDMI_TRY(check_in_backward(e, fn));
+  tdmi_engine_open_micro_step(e);
   if (module < 0 || module >= e->nmodules)
     return remember(e, tdmi_error(TDM_ERR_INVALID_ARGUMENT,
                                   "%s: module %d is not registered (%d "
@@ -283,16 +288,22 @@ tdm_status tdm_progress(tdm_engine *e) {
   return TDM_SUCCESS;
 }
 
-/* Parameters that got no gradient: zero if maybe-unused, else an error
+/* Parameters not marked ready.  A micro-step that marked none has its
+ * gradients complete now (a program that does not overlap, or the
+ * whole backward between two tandem calls): all are marked.  Otherwise
+ * the ones left got no gradient: zero if maybe-unused, else an error
  * naming the first.  Either way they are marked, so that every bucket
  * launches and no other rank waits for this one. */
 static tdm_status mark_unused(tdm_engine *e) {
   tdm_status st = TDM_SUCCESS;
+  int none = 1;
+  for (int i = 0; i < e->nparams && none; i++)
+    none = !e->params[i].ready;
   for (int i = 0; i < e->nparams; i++) {
     const tdmi_param *p = &e->params[i];
     if (p->ready)
       continue;
-    if (!(p->flags & TDM_PARAM_MAYBE_UNUSED) && st == TDM_SUCCESS)
+    if (!none && !(p->flags & TDM_PARAM_MAYBE_UNUSED) && st == TDM_SUCCESS)
       st = tdmi_error(TDM_ERR_INVALID_USAGE,
                       "tdm_backward_end: parameter '%s' (param %d, module "
                       "'%s') got no gradient in this micro-step; mark it "
@@ -305,6 +316,7 @@ static tdm_status mark_unused(tdm_engine *e) {
 
 static void end_cycle(tdm_engine *e) {
   if (e->boundary) {
+    e->cycle_micro_steps = e->micro + 1;
     e->micro = 0;
     e->at_boundary = 1;
   } else {
@@ -315,8 +327,16 @@ static void end_cycle(tdm_engine *e) {
 tdm_status tdm_backward_end(tdm_engine *e) {
   const char *fn = "tdm_backward_end";
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
-  TDMI_TRY(check_in_backward(e, fn));
+  return end_micro_step(e, fn);
+}
+
+/* Ends the micro-step in progress, opening it first if no call did. */
+static tdm_status end_micro_step(tdm_engine *e, const char *fn) {
+  tdmi_engine_open_micro_step(e);
   tdm_status unused = mark_unused(e);
+  tdm_status fetched = tdmi_fetch_check_used(e, fn);
+  if (unused == TDM_SUCCESS)
+    unused = fetched;
   if (e->syncing) {
     wait_all(e);
     pthread_mutex_lock(&e->lock);
@@ -324,6 +344,7 @@ tdm_status tdm_backward_end(tdm_engine *e) {
     pthread_mutex_unlock(&e->lock);
   }
   e->in_backward = 0;
+  e->ended = 1;
   end_cycle(e);
   tdm_status st = e->sticky;
   if (st != TDM_SUCCESS)
@@ -335,15 +356,46 @@ tdm_status tdm_backward_end(tdm_engine *e) {
   if (st == TDM_SUCCESS && e->at_boundary && e->offloaded)
     st = tdmi_offload_pull_grads(e);
   st = tdmi_agree(e->comm, st, fn);
+  if (st != TDM_SUCCESS) { /* what a failed reduction left is not kept */
+    /* said at warn level too: a dropped step must not pass unnoticed */
+    tdmi_log(e->ctx, TDM_LOG_WARN, "%s", tdm_last_error());
+    tdmi_window_clear_grads(e);
+  }
   if (st != TDM_SUCCESS && e->at_boundary)
     tdmi_engine_step_end(e, 0); /* a failed cycle is dropped, not stepped */
   return st;
 }
 
+/* What the model seeds its backward with: 1, as one process would, and
+ * the engine averages the sums; under fp16 the loss scale, divided by
+ * the ranks and micro-steps so that f16 sums stay in range (as DDP's fp16
+ * hook divides before it sums). */
+static double seed_scale(const tdm_engine *e) {
+  if (e->precision != TDM_PRECISION_FP16)
+    return 1.0;
+  return e->loss_scale / ((double)e->ctx->size * e->accumulation_steps);
+}
+
 tdm_status tdm_loss_scale(const tdm_engine *e, double *scale) {
   TDMI_TRY(tdmi_engine_check(e, "tdm_loss_scale"));
   TDMI_TRY(tdmi_check_ptr("tdm_loss_scale", scale, "scale"));
-  *scale = e->loss_scale / ((double)e->ctx->size * e->accumulation_steps);
+  *scale = seed_scale(e);
+  return TDM_SUCCESS;
+}
+
+double tdmi_engine_grad_divisor(const tdm_engine *e) {
+  if (e->precision == TDM_PRECISION_FP16)
+    return 1.0; /* the seed divided already */
+  int micro = e->cycle_micro_steps > 0 ? e->cycle_micro_steps : 1;
+  return (double)e->ctx->size * micro;
+}
+
+tdm_status tdm_get_gradient_accumulation_steps(const tdm_engine *e,
+                                               int *steps) {
+  const char *fn = "tdm_get_gradient_accumulation_steps";
+  TDMI_TRY(tdmi_engine_check(e, fn));
+  TDMI_TRY(tdmi_check_ptr(fn, steps, "steps"));
+  *steps = e->accumulation_steps;
   return TDM_SUCCESS;
 }
 
@@ -387,12 +439,14 @@ tdm_status tdm_get_bucket(tdm_engine *e, int bucket, tdm_bucket_state *state,
 
 /* ---- the step protocol for the optimizer layer ---- */
 
-tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int *step) {
+tdm_status tdmi_engine_step_begin(tdm_engine *e, const char *fn, int consume,
+                                  int *step) {
   TDMI_TRY(tdmi_engine_check_prepared(e, fn));
-  if (e->in_backward)
-    return tdmi_error(TDM_ERR_INVALID_USAGE,
-                      "%s: backward of the micro-step has not finished (call "
-                      "tdm_backward_end first)", fn);
+  *step = 0;
+  if (e->in_backward || !e->ended)
+    TDMI_TRY(end_micro_step(e, fn));
+  if (consume)
+    e->ended = 0;
   *step = e->at_boundary;
   return TDM_SUCCESS;
 }

@@ -2,14 +2,18 @@
  * rank holds only part of the time (stage 3's gathered values, the
  * micro-step gradients of stages 2-3) live in a full-size reserved range
  * per dtype, so that a parameter's pointers are the same for the whole
- * run; only the pages of buckets in use are backed.  A bucket is held
- * (counted, and with TANDEM_DEBUG made accessible) and dropped (its pages
- * given back, reading zero when touched again; with TANDEM_DEBUG made
- * inaccessible, so a touch faults and the handler below names the
- * parameter).  In the windows every bucket starts on a page
+ * run; only the pages in use are backed.  A bucket is held (counted) and
+ * dropped (its pages given back, reading zero when touched again).  The
+ * gradients are always writable: the model adds into zero pages, which
+ * the kernel backs as it writes, and a bucket's pages go back once it is
+ * reduced, zero for the next micro-step.  Stage 3's values are there only
+ * while held; with TANDEM_DEBUG the rest is inaccessible, so a read of a
+ * module that was not fetched faults and the handler below names the
+ * parameter.  In the windows every bucket starts on a page
  * (window_first), so dropping one never touches another; the buffers
- * that are always there keep the tighter layout of layout.c.  Where memory cannot be reserved (a real
- * GPU, for now) buckets are allocated and freed as before. */
+ * that are always there keep the tighter layout of layout.c.  Where
+ * memory cannot be reserved (a real GPU, for now) buckets are allocated
+ * and freed as before. */
 #define _POSIX_C_SOURCE 200809L /* sigaction, siginfo_t */
 #include <signal.h>
 #include <string.h>
@@ -39,7 +43,6 @@ typedef struct {
   const tdmi_flat *flat;
   const char *base;
   size_t bytes, esize;
-  int grads;
 } watched;
 static watched watch[MAX_WATCHED];
 static int nwatch;
@@ -96,13 +99,11 @@ static void on_fault(int sig, siginfo_t *info, void *uc) {
     line l = {.len = 0};
     put(&l, "tandem: rank ");
     put_int(&l, w->engine->ctx->rank);
-    put(&l, w->grads ? ": the gradients of '" : ": the values of '");
+    put(&l, ": the values of '");
     put(&l, p ? p->name : "(padding)");
     put(&l, "' were touched while not held (ZeRO-");
     put_int(&l, w->engine->stage);
-    put(&l, w->grads ? "): gradients exist from tdm_backward_begin until "
-                       "their bucket is reduced\n"
-                     : "): call tdm_fetch_module for its module first\n");
+    put(&l, "): call tdm_fetch_module for its module first\n");
     ssize_t r = write(STDERR_FILENO, l.text, l.len);
     (void)r;
     break;
@@ -112,8 +113,7 @@ static void on_fault(int sig, siginfo_t *info, void *uc) {
 }
 
 static void watch_range(const tdm_engine *e, const tdmi_flat *f,
-                        const void *base, size_t bytes, size_t esize,
-                        int grads) {
+                        const void *base, size_t bytes, size_t esize) {
   if (!installed) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -125,7 +125,7 @@ static void watch_range(const tdm_engine *e, const tdmi_flat *f,
   }
   for (int i = 0; i < MAX_WATCHED; i++)
     if (!watch[i].engine) {
-      watch[i] = (watched){e, f, base, bytes, esize, grads};
+      watch[i] = (watched){e, f, base, bytes, esize};
       if (i >= nwatch)
         nwatch = i + 1;
       return;
@@ -171,15 +171,11 @@ tdm_status tdmi_window_reserve(tdm_engine *e) {
       TDMI_TRY(tdmi_mem_reserve(kind, f->value_window_bytes,
                                 &f->value_window));
     }
-    if (!e->protect)
+    if (!e->protect || !f->value_window)
       continue;
     /* Nothing is held yet: all of it faults until held. */
-    TDMI_TRY(tdmi_mem_protect(f->grad_window, f->grad_window_bytes, 0));
-    watch_range(e, f, f->grad_window, f->grad_window_bytes, gsize, 1);
-    if (f->value_window) {
-      TDMI_TRY(tdmi_mem_protect(f->value_window, f->value_window_bytes, 0));
-      watch_range(e, f, f->value_window, f->value_window_bytes, vsize, 0);
-    }
+    TDMI_TRY(tdmi_mem_protect(f->value_window, f->value_window_bytes, 0));
+    watch_range(e, f, f->value_window, f->value_window_bytes, vsize);
   }
   return TDM_SUCCESS;
 }
@@ -199,15 +195,17 @@ static char *range(void *window, const tdmi_bucket *b, size_t esize) {
   return window ? (char *)window + b->window_first * esize : NULL;
 }
 
+/* guarded: the values window, inaccessible when not held (TANDEM_DEBUG) */
 static tdm_status hold(tdm_engine *e, tdm_memory_category c, void *window,
-                       const tdmi_bucket *b, tdm_dtype t, void **slot) {
+                       int guarded, const tdmi_bucket *b, tdm_dtype t,
+                       void **slot) {
   size_t esize = tdmi_dtype_size(t);
   char *at = range(window, b, esize);
   if (!at) {
     *slot = tdmi_engine_alloc(e, c, b->count, t);
     return *slot ? TDM_SUCCESS : TDM_ERR_NO_MEMORY;
   }
-  if (e->protect)
+  if (e->protect && guarded)
     TDMI_TRY(tdmi_mem_protect(at, pages(b->count * esize), 1));
   tdmi_engine_count(e, c, b->count, t, 1);
   *slot = at;
@@ -215,7 +213,8 @@ static tdm_status hold(tdm_engine *e, tdm_memory_category c, void *window,
 }
 
 static void drop(tdm_engine *e, tdm_memory_category c, void *window,
-                 const tdmi_bucket *b, tdm_dtype t, void **slot) {
+                 int guarded, const tdmi_bucket *b, tdm_dtype t,
+                 void **slot) {
   if (!*slot)
     return;
   size_t esize = tdmi_dtype_size(t);
@@ -225,7 +224,7 @@ static void drop(tdm_engine *e, tdm_memory_category c, void *window,
   } else {
     size_t bytes = pages(b->count * esize);
     tdmi_mem_discard(at, bytes); /* our own pages: cannot fail */
-    if (e->protect)
+    if (e->protect && guarded)
       tdmi_mem_protect(at, bytes, 0);
     tdmi_engine_count(e, c, b->count, t, -1);
   }
@@ -236,8 +235,8 @@ tdm_status tdmi_bucket_hold_values(tdm_engine *e, tdmi_bucket *b,
                                    const char *fn) {
   if (b->gathered)
     return TDM_SUCCESS;
-  tdm_status st = hold(e, TDM_MEM_PARAMS, e->flat[b->dtype].value_window, b,
-                       value_dtype(e, b), &b->gathered);
+  tdm_status st = hold(e, TDM_MEM_PARAMS, e->flat[b->dtype].value_window, 1,
+                       b, value_dtype(e, b), &b->gathered);
   if (st != TDM_SUCCESS)
     return tdmi_error(st, "%s: out of memory for %zu bytes of gathered "
                       "parameters", fn,
@@ -246,7 +245,7 @@ tdm_status tdmi_bucket_hold_values(tdm_engine *e, tdmi_bucket *b,
 }
 
 void tdmi_bucket_drop_values(tdm_engine *e, tdmi_bucket *b) {
-  drop(e, TDM_MEM_PARAMS, e->flat[b->dtype].value_window, b,
+  drop(e, TDM_MEM_PARAMS, e->flat[b->dtype].value_window, 1, b,
        value_dtype(e, b), &b->gathered);
 }
 
@@ -255,7 +254,7 @@ tdm_status tdmi_bucket_hold_grads(tdm_engine *e, tdmi_bucket *b,
   if (b->staging)
     return TDM_SUCCESS;
   tdm_status st = hold(e, TDM_MEM_COMM_BUFFERS, e->flat[b->dtype].grad_window,
-                       b, b->grad_dtype, &b->staging);
+                       0, b, b->grad_dtype, &b->staging);
   if (st != TDM_SUCCESS)
     return tdmi_error(st, "%s: out of memory for %zu bytes of bucket "
                       "gradients", fn, b->bytes);
@@ -263,18 +262,18 @@ tdm_status tdmi_bucket_hold_grads(tdm_engine *e, tdmi_bucket *b,
 }
 
 void tdmi_bucket_drop_grads(tdm_engine *e, tdmi_bucket *b) {
-  drop(e, TDM_MEM_COMM_BUFFERS, e->flat[b->dtype].grad_window, b,
+  drop(e, TDM_MEM_COMM_BUFFERS, e->flat[b->dtype].grad_window, 0, b,
        b->grad_dtype, &b->staging);
 }
 
-/* A micro-step begins: every gradient may be written (TANDEM_DEBUG). */
-tdm_status tdmi_window_open_grads(tdm_engine *e) {
-  for (int d = 0; d < TDM_NUM_DTYPES && e->protect; d++) {
+void tdmi_window_clear_grads(tdm_engine *e) {
+  for (int b = 0; b < e->nbuckets; b++)
+    tdmi_bucket_drop_grads(e, &e->buckets[b]);
+  for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
-    if (f->grad_window)
-      TDMI_TRY(tdmi_mem_protect(f->grad_window, f->grad_window_bytes, 1));
+    if (f->grad_window) /* our own pages: cannot fail */
+      tdmi_mem_discard(f->grad_window, f->grad_window_bytes);
   }
-  return TDM_SUCCESS;
 }
 
 /* p's element index in the windows of its dtype. */

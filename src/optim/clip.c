@@ -24,7 +24,7 @@ static tdm_status grad_sumsq(tdm_optimizer *opt, const tdmi_clip *c,
     const tdmi_span *s = &opt->spans[i].span;
     double part = 0.0;
     TDMI_TRY(tdmi_ops_sumsq(&opt->engine->ops, s->grad, s->grad_dtype,
-                            s->count, c->pre / opt->scale, c->lo, c->hi,
+                            s->count, tdmi_optim_grad_factor(opt, c), c->lo, c->hi,
                             s->host, &part));
     local += part;
   }

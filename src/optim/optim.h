@@ -51,6 +51,9 @@ struct tdm_optimizer {
   double scale;
   int growth_tracker;      /* clean steps since the scale last changed */
   tdmi_clip clip;
+  tdm_update_fn custom;    /* TDM_OPTIMIZER_CUSTOM: the program's update */
+  float *scratch;          /* custom: one stretch of f32 gradients */
+  size_t scratch_count;
 };
 
 tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn);
@@ -65,5 +68,12 @@ double tdmi_optim_lr(const tdm_optimizer *opt, int group);
 void tdmi_optim_clip_reset(tdm_optimizer *opt);
 /* Whether any gradient is inf or nan, over all ranks' parts (clip.c). */
 tdm_status tdmi_optim_nonfinite(tdm_optimizer *opt, int *nonfinite);
+/* The factor every reduced gradient is read with before the clamp of
+ * clip c: the clip's own scale over the fp16 loss scale and the engine's
+ * divisor (the gradients are sums over ranks and micro-steps). */
+static inline double tdmi_optim_grad_factor(const tdm_optimizer *opt,
+                                            const tdmi_clip *c) {
+  return c->pre / (opt->scale * tdmi_engine_grad_divisor(opt->engine));
+}
 
 #endif /* TDM_OPTIM_H */

@@ -2,6 +2,7 @@
  * the fp16 loss scaler, and tdm_step, which updates only at the end of an
  * accumulation cycle. */
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,8 @@ static void fill_defaults(tdm_optimizer_options *o) {
     o->beta2 = lion ? 0.99 : 0.999;
   if (o->eps < 0)
     o->eps = 1e-8;
+  if (o->weight_decay < 0) /* torch's: AdamW 0.01, the others 0 */
+    o->weight_decay = o->kind == TDM_OPTIMIZER_ADAMW ? 0.01 : 0.0;
   if (o->init_scale < 0)
     o->init_scale = 65536.0;
   if (o->growth_factor < 0)
@@ -41,10 +44,11 @@ static void fill_defaults(tdm_optimizer_options *o) {
 }
 
 static tdm_status check_values(const tdm_optimizer_options *o) {
-  if (o->kind < TDM_OPTIMIZER_SGD || o->kind > TDM_OPTIMIZER_LION)
+  if ((int)o->kind < TDM_OPTIMIZER_SGD || (int)o->kind > TDM_OPTIMIZER_LION)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
                       "tdm_optimizer_create: kind %d is not a "
-                      "tdm_optimizer_kind", o->kind);
+                      "tdm_optimizer_kind (TDM_OPTIMIZER_CUSTOM comes with "
+                      "tdm_optimizer_create_custom)", (int)o->kind);
   if (!(o->lr >= 0))
     return bad("lr", o->lr, ">= 0");
   if (!(o->momentum >= 0))
@@ -110,7 +114,7 @@ tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn) {
 
 tdm_status tdmi_optim_check_boundary(tdm_optimizer *opt, const char *fn) {
   int now = 0;
-  TDMI_TRY(tdmi_engine_step_begin(opt->engine, fn, &now));
+  TDMI_TRY(tdmi_engine_step_begin(opt->engine, fn, 0, &now));
   if (!now)
     return tdmi_error(TDM_ERR_INVALID_USAGE,
                       "%s: only between tdm_backward_end and tdm_step of the "
@@ -139,6 +143,7 @@ static void optimizer_free(tdm_optimizer *opt) {
   free(opt->spans);
   free(opt->groups);
   free(opt->param_group);
+  free(opt->scratch);
   free(opt);
 }
 
@@ -162,8 +167,9 @@ static tdm_status state_array(tdm_optimizer *opt, int used,
 static tdm_status allocate_state(tdm_optimizer *opt) {
   const tdm_optimizer_options *o = &opt->o;
   int kind = o->kind;
-  int uses0 = kind != TDM_OPTIMIZER_SGD || o->momentum > 0;
-  int uses1 = kind == TDM_OPTIMIZER_ADAM || kind == TDM_OPTIMIZER_ADAMW;
+  int uses0 = kind != TDM_OPTIMIZER_SGD || o->momentum > 0; /* custom: both */
+  int uses1 = kind == TDM_OPTIMIZER_ADAM || kind == TDM_OPTIMIZER_ADAMW ||
+              kind == TDM_OPTIMIZER_CUSTOM;
   opt->nspans = tdmi_engine_span_count(opt->engine);
   opt->spans = calloc((size_t)opt->nspans, sizeof *opt->spans);
   opt->groups = malloc(sizeof *opt->groups);
@@ -182,6 +188,52 @@ static tdm_status allocate_state(tdm_optimizer *opt) {
   return TDM_SUCCESS;
 }
 
+/* A custom update runs on the CPU, on f32 values. */
+static tdm_status check_custom(const tdm_optimizer *opt, const char *fn) {
+  for (int i = 0; i < opt->nspans; i++) {
+    const tdmi_span *s = &opt->spans[i].span;
+    if (s->dtype != TDM_F32)
+      return tdmi_error(TDM_ERR_NOT_SUPPORTED, "%s: a custom update takes "
+                        "f32 parameters; this engine has %s ones", fn,
+                        tdmi_dtype_name(s->dtype));
+    if (opt->engine->ops.on_device && !s->host)
+      return tdmi_error(TDM_ERR_NOT_SUPPORTED, "%s: a custom update runs on "
+                        "the CPU; on a GPU set offload = optimizer "
+                        "(TANDEM_OFFLOAD=optimizer)", fn);
+  }
+  return TDM_SUCCESS;
+}
+
+static tdm_status create(tdm_engine *engine, const tdm_optimizer_options *o,
+                         tdm_update_fn custom, const char *fn,
+                         tdm_optimizer **optimizer) {
+  tdm_optimizer *opt = calloc(1, sizeof *opt);
+  if (!opt)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
+  opt->engine = engine;
+  opt->o = *o;
+  opt->custom = custom;
+  if (custom)
+    opt->o.kind = TDM_OPTIMIZER_CUSTOM;
+  tdm_schedule_options constant = TDM_SCHEDULE_OPTIONS_INIT;
+  opt->schedule = constant;
+  opt->scaling = engine->precision == TDM_PRECISION_FP16;
+  opt->scale = opt->scaling ? o->init_scale : 1.0;
+  tdmi_engine_set_loss_scale(engine, opt->scale);
+  tdmi_optim_clip_reset(opt);
+  tdm_status st = allocate_state(opt);
+  if (st == TDM_SUCCESS && custom)
+    st = check_custom(opt, fn);
+  if (st == TDM_SUCCESS)
+    st = tdmi_handle_register(opt, TDMI_HANDLE_OPTIMIZER);
+  if (st != TDM_SUCCESS) {
+    optimizer_free(opt);
+    return st;
+  }
+  *optimizer = opt;
+  return TDM_SUCCESS;
+}
+
 tdm_status tdm_optimizer_create(tdm_engine *engine,
                                 const tdm_optimizer_options *options,
                                 tdm_optimizer **optimizer) {
@@ -191,26 +243,20 @@ tdm_status tdm_optimizer_create(tdm_engine *engine,
   TDMI_CHECK_PTR(optimizer, fn);
   tdm_optimizer_options o;
   TDMI_TRY(read_options(options, &o));
-  tdm_optimizer *opt = calloc(1, sizeof *opt);
-  if (!opt)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
-  opt->engine = engine;
-  opt->o = o;
-  tdm_schedule_options constant = TDM_SCHEDULE_OPTIONS_INIT;
-  opt->schedule = constant;
-  opt->scaling = engine->precision == TDM_PRECISION_FP16;
-  opt->scale = opt->scaling ? o.init_scale : 1.0;
-  tdmi_engine_set_loss_scale(engine, opt->scale);
-  tdmi_optim_clip_reset(opt);
-  tdm_status st = allocate_state(opt);
-  if (st == TDM_SUCCESS)
-    st = tdmi_handle_register(opt, TDMI_HANDLE_OPTIMIZER);
-  if (st != TDM_SUCCESS) {
-    optimizer_free(opt);
-    return st;
-  }
-  *optimizer = opt;
-  return TDM_SUCCESS;
+  return create(engine, &o, NULL, fn, optimizer);
+}
+
+tdm_status tdm_optimizer_create_custom(tdm_engine *engine,
+                                       tdm_update_fn update,
+                                       tdm_optimizer **optimizer) {
+  const char *fn = "tdm_optimizer_create_custom";
+  TDMI_TRY(tdmi_engine_check_prepared(engine, fn));
+  if (!update)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: update is NULL", fn);
+  TDMI_CHECK_PTR(optimizer, fn);
+  tdm_optimizer_options o = TDM_OPTIMIZER_OPTIONS_INIT;
+  fill_defaults(&o); /* the loss scaler's */
+  return create(engine, &o, update, fn, optimizer);
 }
 
 /* Only the optimizer itself must be live: it may outlive its engine. */
@@ -229,7 +275,7 @@ static tdmi_update update_of(const tdm_optimizer *opt, int g) {
   const tdmi_clip *c = &opt->clip;
   return (tdmi_update){
       .kind = o->kind,
-      .pre = c->pre / opt->scale, .lo = c->lo, .hi = c->hi, .post = c->post,
+      .pre = tdmi_optim_grad_factor(opt, c), .lo = c->lo, .hi = c->hi, .post = c->post,
       .lr = lr, .weight_decay = wd,
       .momentum = o->momentum, .keep = 1.0 - o->dampening,
       .nesterov = o->nesterov, .first = opt->steps == 0,
@@ -276,12 +322,61 @@ static void update_scale(tdm_optimizer *opt, int nonfinite) {
   tdmi_engine_set_loss_scale(opt->engine, opt->scale);
 }
 
+/* TDM_OPTIMIZER_CUSTOM on elements [begin, end) of span s: the gradient
+ * as f32 through the clip transform into scratch, the program's update in
+ * stretches of at most INT_MAX, then the gradient zeroed and the compute
+ * copy refreshed, as the fused kernels do. */
+static tdm_status custom_segment(tdm_optimizer *opt, const tdmi_opt_span *s,
+                                 size_t begin, size_t end) {
+  const tdmi_span *sp = &s->span;
+  tdmi_ops *ops = &opt->engine->ops;
+  size_t n = end - begin;
+  if (n > opt->scratch_count) {
+    float *grown = realloc(opt->scratch, n * sizeof *grown);
+    if (!grown)
+      return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_step: out of memory for %zu "
+                        "gradients of the custom update", n);
+    opt->scratch = grown;
+    opt->scratch_count = n;
+  }
+  float *g = opt->scratch;
+  TDMI_TRY(tdmi_ops_convert(ops, sp->grad_dtype, at(sp->grad, begin,
+                            sp->grad_dtype), TDM_F32, g, n));
+  TDMI_TRY(tdmi_ops_synchronize(ops));
+  const tdmi_clip *c = &opt->clip;
+  float pre = (float)tdmi_optim_grad_factor(opt, c), lo = (float)c->lo,
+        hi = (float)c->hi, post = (float)c->post;
+  for (size_t i = 0; i < n; i++) {
+    float t = g[i] * pre;
+    g[i] = (t < lo ? lo : t > hi ? hi : t) * post;
+  }
+  float *p = at(sp->data, begin, TDM_F32), *m = at(s->state0, begin, TDM_F32),
+        *v = at(s->state1, begin, TDM_F32);
+  int step = (int)(opt->steps + 1);
+  for (size_t done = 0; done < n;) {
+    int part = n - done > INT_MAX ? INT_MAX : (int)(n - done);
+    opt->custom(p + done, g + done, m + done, v + done, part, step);
+    done += (size_t)part;
+  }
+  TDMI_TRY(tdmi_ops_zero(ops, at(sp->grad, begin, sp->grad_dtype),
+                         n * tdmi_dtype_size(sp->grad_dtype)));
+  if (sp->copy)
+    TDMI_TRY(tdmi_ops_convert(ops, TDM_F32, p, sp->copy_dtype,
+                              at(sp->copy, begin, sp->copy_dtype), n));
+  return TDM_SUCCESS;
+}
+
 static tdm_status update_all(tdm_optimizer *opt) {
   for (int i = 0; i < opt->nspans; i++) {
     const tdmi_opt_span *s = &opt->spans[i];
     for (int j = 0; j < s->nsegments; j++) {
-      tdmi_update u = update_of(opt, s->segments[j].group);
-      TDMI_TRY(update_segment(opt, s, &s->segments[j], &u));
+      const tdmi_segment *seg = &s->segments[j];
+      if (opt->custom) {
+        TDMI_TRY(custom_segment(opt, s, seg->begin, seg->end));
+        continue;
+      }
+      tdmi_update u = update_of(opt, seg->group);
+      TDMI_TRY(update_segment(opt, s, seg, &u));
     }
   }
   return TDM_SUCCESS;
@@ -290,7 +385,7 @@ static tdm_status update_all(tdm_optimizer *opt) {
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
   TDMI_TRY(tdmi_optim_check(opt, "tdm_step"));
   int now = 0;
-  TDMI_TRY(tdmi_engine_step_begin(opt->engine, "tdm_step", &now));
+  TDMI_TRY(tdmi_engine_step_begin(opt->engine, "tdm_step", 1, &now));
   if (stepped)
     *stepped = 0;
   if (!now)

@@ -28,10 +28,11 @@ static tdm_status read_schedule(const char *fn, const tdm_schedule_options *in,
                       in->size);
   memcpy(&s, in, in->size);
   s.size = sizeof s;
-  if (s.kind < TDM_SCHEDULE_CONSTANT || s.kind > TDM_SCHEDULE_INVERSE_SQRT)
+  if ((int)s.kind < TDM_SCHEDULE_CONSTANT ||
+      (int)s.kind > TDM_SCHEDULE_INVERSE_SQRT)
     return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
                       "%s: schedule->kind = %d is not a tdm_schedule_kind", fn,
-                      s.kind);
+                      (int)s.kind);
   if (s.num_cycles < 0)
     s.num_cycles = s.kind == TDM_SCHEDULE_COSINE_WITH_RESTARTS ? 1.0 : 0.5;
   if (s.lr_end < 0)
