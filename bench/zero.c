@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -60,6 +61,8 @@
 #define DATA_SEED 7u
 #define LOSS_TOL_F32 1e-4 /* relative, every fp32 config vs stage 0's     */
 #define LOSS_TOL_16 1e-2  /* the same under bf16                           */
+#define RSS_TOL 0.10      /* relative, the measured resident set growth  */
+#define RSS_SLACK (16u << 20) /* and bytes: MPI's and malloc's own       */
 #define PAPER_PSI 7500000000ull
 #define PAPER_N 64
 
@@ -245,6 +248,11 @@ typedef struct {
   int stepped_all;
   char *report; /* --verbose: tdm_memory_report of rank 0 */
   int mem_ok, vol_ok, loss_ok;
+  /* The resident set the OS counts (VmRSS), max and min over ranks: its
+   * growth from before tdm_engine_create to after the steps, less the
+   * batch; beside formula_states, within RSS_TOL + RSS_SLACK. */
+  uint64_t rss_max, rss_min;
+  int rss_ok;
 } result_t;
 
 static void *xmalloc(size_t bytes) {
@@ -273,6 +281,16 @@ static void volume_formula(result_t *r, int n) {
     r->vol_slack = pad * (br + 2.0 * bc) * f;
     snprintf(r->terms, sizeof r->terms, "2 ag %zuB + rs %zuB", r->bc, r->br);
   }
+}
+
+/* This process's resident set, as the OS counts it (/proc/self/statm). */
+static uint64_t rss_bytes(void) {
+  unsigned long long size = 0, resident = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  if (fscanf(f, "%llu %llu", &size, &resident) != 2) resident = 0;
+  fclose(f);
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 static void minmax_u64(uint64_t v, uint64_t *mx, uint64_t *mn) {
@@ -320,6 +338,7 @@ static void run_config(const options_t *o, const config_t *c, int bf16,
   r->prefetch = res.zero3_prefetch_bytes;
   r->bucket_cap = res.bucket_cap_bytes;
   r->first_bucket = res.first_bucket_bytes;
+  uint64_t rss0 = rss_bytes();
   TDM_CHECK(tdm_engine_create(ctx, &e));
   for (int i = 0; i <= o->layers; i++)
     width[i] = o->width > 0 ? o->width : check_width(i);
@@ -364,6 +383,8 @@ static void run_config(const options_t *o, const config_t *c, int bf16,
     if (!stepped) r->stepped_all = 0;
   }
   TDM_CHECK(tdm_get_comm_volume(e, &vol1));
+  uint64_t rss1 = rss_bytes(), batch = sizeof(float) * (nx + ny);
+  uint64_t grown = rss1 > rss0 + batch ? rss1 - rss0 - batch : 0;
 
   /* Step times: the max over ranks, then median and minimum. */
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t, o->steps, MPI_DOUBLE, MPI_MAX,
@@ -421,6 +442,11 @@ static void run_config(const options_t *o, const config_t *c, int bf16,
   r->mem_slack = (uint64_t)PAD_BYTES * PAD_ELEMS *
                  ((uint64_t)r->nparams + (uint64_t)n * (uint64_t)r->nbuckets);
   volume_formula(r, n);
+  minmax_u64(grown, &r->rss_max, &r->rss_min);
+  double rss_tol = RSS_TOL * (double)r->formula_states + RSS_SLACK;
+  r->rss_ok = rss0 > 0 &&
+              fabs((double)r->rss_max - (double)r->formula_states) <= rss_tol &&
+              fabs((double)r->rss_min - (double)r->formula_states) <= rss_tol;
 
   /* (b) every category within [formula, formula + slack], on every rank;
    * (c) the volume within 5% + padding of the formula. */
@@ -558,6 +584,17 @@ static int run_set(const options_t *o, int bf16, int n, double *mem_lo,
       "(part of params)\n");
   print_memory_table(r, nr, u);
   print_formula_table(r, nr, u);
+  say("#   resident set per rank as the OS counts it (VmRSS): its growth "
+      "from before tdm_engine_create to after the steps, less the batch, "
+      "min..max over ranks, beside the formula (allowed: %.0f%% + %u "
+      "MiB)\n", RSS_TOL * 100, RSS_SLACK >> 20);
+  for (int i = 0; i < nr; i++)
+    say("    %-24s %10.3f..%-10.3f formula %10.3f  ratio %.4f%s\n",
+        r[i].c->label, (double)r[i].rss_min / u.div,
+        (double)r[i].rss_max / u.div, (double)r[i].formula_states / u.div,
+        r[i].formula_states ? (double)r[i].rss_max / r[i].formula_states
+                            : 0.0,
+        r[i].rss_ok ? "" : "  MISMATCH");
   say("#\n# [2] step time (median and minimum over the timed steps of the "
       "max over ranks) and communication per rank per step, %s\n", u.name);
   say("#   comm/step: tdm_get_comm_volume over the timed steps / steps; "
@@ -595,6 +632,14 @@ static int run_set(const options_t *o, int bf16, int n, double *mem_lo,
             (unsigned long long)r[i].cur_max[k],
             (unsigned long long)r[i].formula[k]);
       say("\n");
+    }
+    if (!r[i].rss_ok) {
+      failures++;
+      say("# MISMATCH: %s: resident set grew %llu..%llu B vs formula %llu B "
+          "(allowed: %.0f%% + %u MiB)\n", r[i].c->label,
+          (unsigned long long)r[i].rss_min, (unsigned long long)r[i].rss_max,
+          (unsigned long long)r[i].formula_states, RSS_TOL * 100,
+          RSS_SLACK >> 20);
     }
     if (!r[i].vol_ok) {
       failures++;

@@ -49,7 +49,9 @@ typedef enum {
   TDM_ERR_NO_MEMORY = 7,        /* allocation failed                       */
   TDM_ERR_IO = 8,               /* file could not be read or written       */
   TDM_ERR_NOT_SUPPORTED = 9,    /* feature not built in                    */
-  TDM_ERR_REMOTE = 10,          /* another rank failed; message names it   */
+  TDM_ERR_REMOTE = 10,          /* another rank failed (0.1; since 0.2 a
+                                   collective failure returns the failing
+                                   rank's own status on every rank)        */
   TDM_ERR_INTERNAL = 11,        /* a bug in tandem                         */
   TDM_ERR_NCCL = 12,            /* an NCCL call failed or timed out; the
                                    communicator was aborted               */
@@ -461,8 +463,9 @@ tdm_status tdm_add_param(tdm_engine *engine, int module, const char *name,
  * is the next index (named by its index); the parameter is named
  * "<module's name>.<name>", as torch.nn.Sequential names them ("0.weight").
  * tdm_prepare then points *data and *grad at the engine's buffers, which
- * never move (see tdm_param_buffers); the program's own arrays are left
- * to it.  The data must be what the model computes with: under
+ * never move (see tdm_param_buffers); tdm_engine_destroy points them
+ * back at the program's own arrays, the values one now holding the
+ * trained values.  The variables must live as long as the engine.  The data must be what the model computes with: under
  * TANDEM_MIXED_PRECISION bf16/fp16 an f32 parameter's is not f32, and
  * tdm_prepare refuses. */
 tdm_status tdm_bind_param(tdm_engine *engine, int module, const char *name,

@@ -131,8 +131,8 @@ static void test_bad_config(void) {
   unsetenv("TANDEM_DEBUG");
 }
 
-/* Only the last rank gets a broken file: it reports its own error, every
- * other rank TDM_ERR_REMOTE naming it - nobody hangs. */
+/* Only the last rank gets a broken file: every rank returns its
+ * TDM_ERR_CONFIG, naming it - nobody hangs. */
 static void test_one_rank_fails(void) {
   if (size < 2)
     return;
@@ -145,7 +145,7 @@ static void test_one_rank_fails(void) {
   } else {
     char want[64];
     snprintf(want, sizeof want, "rank %d", size - 1);
-    TH_CHECK(st == TDM_ERR_REMOTE && strstr(tdm_last_error(), want) &&
+    TH_CHECK(st == TDM_ERR_CONFIG && strstr(tdm_last_error(), want) &&
              strstr(tdm_last_error(), "nonsense_key"),
              "other rank got %s: %s", tdm_status_string(st), tdm_last_error());
   }

@@ -10,7 +10,8 @@
 #    within 1e-5 relative;
 #  - at ZeRO-3 with modules that are not kept gathered, after.c (which
 #    fetches nothing) is refused at each step with a warning naming the
-#    module.
+#    module, and under bf16 compute copies tdm_prepare refuses its f32
+#    pointers with a warning.
 src=${TDM_SRCDIR:-.}
 build=${TDM_BUILDDIR:-.}
 after=$build/examples/port/after
@@ -104,4 +105,10 @@ refused_unfetched() {
     tee "$tmp/refused" | grep -q "tdm_step: ZeRO-3: module '0' (576 elements) was not fetched in this micro-step"
 }
 check "ZeRO-3 with no module kept gathered: each step refused, naming module 0" refused_unfetched
+# after.c's math is f32: 16-bit compute copies are refused, loudly.
+refused_bf16() {
+  TANDEM_MIXED_PRECISION=bf16 run 2 "$after" 2 2>&1 | tee "$tmp/refused" |
+    grep -q "tdm_prepare: '0.weight' was bound as f32, but the model computes in bf16"
+}
+check "TANDEM_MIXED_PRECISION=bf16: tdm_prepare refuses the f32 pointers, saying why" refused_bf16
 echo "1..$n"

@@ -23,11 +23,11 @@ static tdm_status read_shared(MPI_Comm comm, const char *path, size_t max,
                             : TDM_SUCCESS;
   if (st == TDM_SUCCESS && rank == 0)
     len = *n;
-  TDMI_TRY(tdmi_agree_status(comm, st, path));
+  TDMI_TRY(tdmi_agree(comm, st, path));
   MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
   if (rank != 0 && !(*text = malloc(len + 1)))
     st = tdmi_ckpt_no_memory();
-  st = tdmi_agree_status(comm, st, path);
+  st = tdmi_agree(comm, st, path);
   if (st == TDM_SUCCESS)
     st = tdmi_bcast_bytes(comm, *text, len, 0);
   if (st == TDM_SUCCESS) {
@@ -131,11 +131,11 @@ static tdm_status model_files(MPI_Comm comm, const char *path, char **lines) {
   tdm_status st = rank == 0 ? model_files_local(path, lines) : TDM_SUCCESS;
   if (rank == 0 && st == TDM_SUCCESS)
     len = strlen(*lines);
-  TDMI_TRY(tdmi_agree_status(comm, st, path));
+  TDMI_TRY(tdmi_agree(comm, st, path));
   MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
   if (rank != 0 && !(*lines = calloc(len + 1, 1)))
     st = tdmi_ckpt_no_memory();
-  st = tdmi_agree_status(comm, st, path);
+  st = tdmi_agree(comm, st, path);
   if (st == TDM_SUCCESS)
     st = tdmi_bcast_bytes(comm, *lines, len, 0);
   return st;
@@ -326,7 +326,7 @@ static tdm_status restore_user(const tdmi_ckpt_ctx *c, const char *dir,
                     "options->user_capacity = %zu, the saved user data has "
                     "%llu bytes", o->user_capacity,
                     (unsigned long long)s->user_bytes);
-  TDMI_TRY(tdmi_agree_status(c->e->comm, st, "tdm_load_state (user data)"));
+  TDMI_TRY(tdmi_agree(c->e->comm, st, "tdm_load_state (user data)"));
   char *path = tdmi_path_in(dir, TDMI_CKPT_USER), *bytes = NULL;
   size_t n = 0;
   st = path ? read_shared(c->e->comm, path, (size_t)s->user_bytes, &bytes, &n)
@@ -375,7 +375,7 @@ static tdm_status load_body(const tdmi_ckpt_ctx *c, const char *dir,
   if (st == TDM_SUCCESS && (c->opt || s.weights_dtype != TDM_UNSET))
     st = load_optimizer(c, dir, s.weights_dtype);
   if (st == TDM_SUCCESS)
-    st = tdmi_agree_status(c->e->comm, restore_rngs(c, &s, o), "tdm_load_state");
+    st = tdmi_agree(c->e->comm, restore_rngs(c, &s, o), "tdm_load_state");
   if (st == TDM_SUCCESS)
     st = restore_user(c, dir, &s, o);
   if (st == TDM_SUCCESS)
@@ -399,11 +399,11 @@ tdm_status tdm_load_state(tdm_engine *e, tdm_optimizer *opt, const char *path,
     st = tdmi_ckpt_read_options(options, &o, fn);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st;
-  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree(e->comm, st, fn));
   char dir[4096] = "";
   st = e->ctx->rank == 0 ? resolve_checkpoint(path, dir, sizeof dir)
                          : TDM_SUCCESS;
-  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree(e->comm, st, fn));
   TDMI_TRY(tdmi_ckpt_share_string(e->comm, dir, sizeof dir));
   const tdmi_ckpt_ctx c = {e, opt, 1};
   TDMI_TRY(load_body(&c, dir, &o));
@@ -421,7 +421,7 @@ tdm_status tdm_load_weights(tdm_engine *e, const char *path, int flags) {
                     "or TDM_WEIGHTS_CONVERT", fn, flags);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st;
-  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree(e->comm, st, fn));
   const tdmi_ckpt_ctx c = {e, NULL, 1};
   TDMI_TRY(load_values(&c, path, TDM_UNSET, flags & TDM_WEIGHTS_CONVERT,
                        path));

@@ -27,7 +27,7 @@ static tdm_status save_file(const tdmi_ckpt_ctx *c, const char *path,
   if (st == TDM_SUCCESS)
     st = tdmi_st_build_finish(b, &key, &value, 1, &prefix, &len);
   tdmi_st_build_free(b);
-  st = tdmi_agree_status(c->e->comm, st, path);
+  st = tdmi_agree(c->e->comm, st, path);
   if (st == TDM_SUCCESS)
     st = tdmi_ckpt_move_file(c, path, items, n, begins, len, prefix,
                    c->e->ctx->rank == 0 ? len : 0);
@@ -119,7 +119,7 @@ static tdm_status save_model(const tdmi_ckpt_ctx *c, const char *dir, int dtype,
   free(first);
   tdmi_ckpt_items_free(items, e->nparams);
   *nfiles = nshards;
-  return tdmi_agree_status(e->comm, st, TDMI_CKPT_INDEX);
+  return tdmi_agree(e->comm, st, TDMI_CKPT_INDEX);
 }
 
 static tdm_status save_optimizer(const tdmi_ckpt_ctx *c, const char *dir,
@@ -173,7 +173,7 @@ static tdm_status collect_state(const tdmi_ckpt_ctx *c,
   tdm_status st = mine && s->rng_offsets ? TDM_SUCCESS : tdmi_ckpt_no_memory();
   for (int i = 0; st == TDM_SUCCESS && i < o->rng_count; i++)
     st = tdm_rng_get_offset(o->rngs[i], &mine[i]);
-  st = tdmi_agree_status(e->comm, st, "tdm_save_state (RNG offsets)");
+  st = tdmi_agree(e->comm, st, "tdm_save_state (RNG offsets)");
   /* rank-major: offsets[r * nrngs + i]; state.json wants per stream */
   uint64_t *by_rank = st == TDM_SUCCESS
                           ? calloc((size_t)o->rng_count * e->ctx->size + 1,
@@ -216,7 +216,7 @@ static tdm_status save_body(const tdmi_ckpt_ctx *c, const char *tmp,
   if (st == TDM_SUCCESS && c->e->ctx->rank == 0)
     st = save_small(tmp, &s, o);
   tdmi_state_free(&s);
-  return tdmi_agree_status(c->e->comm, st, "tdm_save_state (state.json)");
+  return tdmi_agree(c->e->comm, st, "tdm_save_state (state.json)");
 }
 
 tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
@@ -232,7 +232,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
     st = tdmi_error(TDM_ERR_INVALID_ARGUMENT, "%s: root is too long", fn);
   if (tdmi_engine_check(e, fn) != TDM_SUCCESS)
     return st; /* no engine: no communicator to agree on */
-  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree(e->comm, st, fn));
   const tdmi_ckpt_ctx c = {e, opt, 0};
   int64_t step = opt ? opt->steps + opt->skipped : 0;
   char final[3200], tmp[3300];
@@ -240,7 +240,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
            (long long)step);
   snprintf(tmp, sizeof tmp, "%s.tmp-%ld", final, (long)getpid());
   st = e->ctx->rank == 0 ? tdmi_commit_begin(root, final, tmp) : TDM_SUCCESS;
-  TDMI_TRY(tdmi_agree_status(e->comm, st, fn));
+  TDMI_TRY(tdmi_agree(e->comm, st, fn));
   TDMI_TRY(tdmi_ckpt_share_string(e->comm, tmp, sizeof tmp));
   st = save_body(&c, tmp, &o);
   if (st == TDM_SUCCESS && e->ctx->rank == 0) {
@@ -250,7 +250,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
   }
   if (st != TDM_SUCCESS && e->ctx->rank == 0)
     tdmi_remove_tree(tmp); /* the failed attempt; older ones stay */
-  st = tdmi_agree_status(e->comm, st, fn);
+  st = tdmi_agree(e->comm, st, fn);
   if (st == TDM_SUCCESS)
     tdmi_ckpt_put_path(&o, final);
   return st;

@@ -185,7 +185,7 @@ static tdm_status transfer(MPI_Comm comm, const char *file,
                     writing ? "writing" : "reading", tdm_last_error());
   }
   /* MPI_File_open is collective: it fails on every rank or on none. */
-  TDMI_TRY(tdmi_agree_status(comm, st, "opening a checkpoint file"));
+  TDMI_TRY(tdmi_agree(comm, st, "opening a checkpoint file"));
   plan pl = {0};
   st = plan_make(p, &pl);
   unsigned long mine = (unsigned long)pl.nrounds, rounds = 0;
@@ -209,7 +209,7 @@ static tdm_status transfer(MPI_Comm comm, const char *file,
     tdmi_mpi_error(rc, "MPI_File_close");
     st = tdmi_error(TDM_ERR_IO, "%s: %s", file, tdm_last_error());
   }
-  return tdmi_agree_status(comm, st, writing ? "writing a checkpoint file"
+  return tdmi_agree(comm, st, writing ? "writing a checkpoint file"
                                       : "reading a checkpoint file");
 }
 
@@ -257,14 +257,14 @@ tdm_status tdmi_tensorio_header(MPI_Comm comm, const char *file,
   uint64_t meta[2] = {0, 0}; /* header bytes, file size */
   tdm_status st = rank == 0 ? read_header(file, &json, &meta[0], &meta[1])
                             : TDM_SUCCESS;
-  TDMI_TRY(tdmi_agree_status(comm, st, "reading a safetensors header"));
+  TDMI_TRY(tdmi_agree(comm, st, "reading a safetensors header"));
   MPI_Bcast(meta, 2, MPI_UINT64_T, 0, comm);
   if (rank != 0 && !(json = malloc(meta[0] + 1)))
     st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", file);
-  TDMI_TRY(tdmi_agree_status(comm, st, "reading a safetensors header"));
+  TDMI_TRY(tdmi_agree(comm, st, "reading a safetensors header"));
   st = tdmi_bcast_bytes(comm, json, meta[0], 0);
   if (st == TDM_SUCCESS)
     st = tdmi_st_parse(file, json, meta[0], meta[1], h);
   free(json);
-  return tdmi_agree_status(comm, st, "reading a safetensors header");
+  return tdmi_agree(comm, st, "reading a safetensors header");
 }

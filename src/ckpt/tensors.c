@@ -226,7 +226,7 @@ static tdm_status share_loaded(const tdmi_ckpt_ctx *c,
                        (size_t)count[c->e->ctx->rank] * esize);
   if (st == TDM_SUCCESS && !host)
     st = tdmi_ops_synchronize(&c->e->ops);
-  st = tdmi_agree_status(c->e->comm, st, it->name);
+  st = tdmi_agree(c->e->comm, st, it->name);
   MPI_Datatype elem = MPI_DATATYPE_NULL;
   if (st == TDM_SUCCESS) {
     MPI_Type_contiguous((int)esize, MPI_BYTE, &elem);
@@ -278,12 +278,12 @@ tdm_status tdmi_ckpt_move_file(const tdmi_ckpt_ctx *c, const char *file,
                    &sg, &pc);
   if (st == TDM_SUCCESS && !c->loading)
     st = stage_all(c, items, nitems, &sg);
-  st = tdmi_agree_status(c->e->comm, st, file);
+  st = tdmi_agree(c->e->comm, st, file);
   if (st == TDM_SUCCESS)
     st = c->loading ? tdmi_tensorio_read(c->e->comm, file, &pc)
                     : tdmi_tensorio_write(c->e->comm, file, &pc);
   if (st == TDM_SUCCESS && c->loading)
-    st = tdmi_agree_status(c->e->comm, stage_all(c, items, nitems, &sg), file);
+    st = tdmi_agree(c->e->comm, stage_all(c, items, nitems, &sg), file);
   for (int i = 0; st == TDM_SUCCESS && c->loading && c->e->stage == 0 &&
                   c->e->ctx->size > 1 && i < nitems; i++)
     st = share_loaded(c, &items[i]);

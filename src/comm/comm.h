@@ -43,16 +43,12 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
                            const tdmi_signature *sig, tdm_status local);
 
 /*
- * Every rank of comm learns whether any rank failed: the first failing
- * rank's message is broadcast; a rank that failed keeps its own status and
- * message, the others get TDM_ERR_REMOTE naming it.  what names the step.
+ * Collective: every rank of comm learns whether any rank failed, and all
+ * return the status of the lowest failing rank, with its message prefixed
+ * by "rank R: " (and by what, the step, unless the message starts with
+ * it); a rank that failed differently appends its own message.
  */
 tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what);
-/* The same, but every rank returns the failing rank's status (its
- * message prefixed with what and the rank): for work one rank does for
- * all, such as reading a file's header. */
-tdm_status tdmi_agree_status(MPI_Comm comm, tdm_status local,
-                             const char *what);
 
 /* TDM_ERR_INVALID_ARGUMENT "fn: name is NULL" when p is NULL; a status
  * rather than a return, so it can feed FIRST_FAILURE. */

@@ -65,64 +65,52 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
   int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all,
                          (int)sizeof mine, MPI_BYTE, ctx->comm);
   tdm_status st = local;
-  if (rc != MPI_SUCCESS) {
-    st = tdmi_mpi_error(rc, "MPI_Allgather (TANDEM_DEBUG signature)");
-  } else if (local == TDM_SUCCESS) {
-    int bad = -1, differ = 0;
-    for (int r = 0; r < ctx->size; r++) {
-      if (all[r].status != TDM_SUCCESS && bad < 0)
-        bad = r;
-      differ |= !same(&all[r].sig, &all[0].sig);
-    }
-    if (bad >= 0)
-      st = tdmi_error(TDM_ERR_REMOTE,
-                      "%s: rank %d passed invalid arguments (%s there)", fn,
-                      bad, tdm_status_string((tdm_status)all[bad].status));
-    else if (differ)
-      st = report_mismatch(fn, all, ctx->size);
+  int bad = -1, differ = 0;
+  for (int r = 0; rc == MPI_SUCCESS && r < ctx->size; r++) {
+    if (all[r].status != TDM_SUCCESS && bad < 0)
+      bad = r;
+    differ |= !same(&all[r].sig, &all[0].sig);
   }
+  if (rc != MPI_SUCCESS)
+    st = tdmi_mpi_error(rc, "MPI_Allgather (TANDEM_DEBUG signature)");
+  else if (bad >= 0) /* every rank saw it: all agree on one status */
+    st = tdmi_agree(ctx->comm, local, fn);
+  else if (differ)
+    st = report_mismatch(fn, all, ctx->size);
   free(all);
   if (st != TDM_SUCCESS)
     tdmi_log(ctx, TDM_LOG_WARN, "%s", tdm_last_error());
   return st;
 }
 
-static tdm_status agree(MPI_Comm comm, tdm_status local, const char *what,
-                        int same_status) {
+/* One failure, one status: every rank returns the status of the lowest
+ * failing rank, with a message naming that rank and quoting its own (which
+ * names the call); a rank that failed too, differently, adds its own. */
+tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  /* The lowest failing rank speaks for the failure. */
   int failing = local == TDM_SUCCESS ? size : rank, first = size;
   int rc = MPI_Allreduce(&failing, &first, 1, MPI_INT, MPI_MIN, comm);
   if (rc != MPI_SUCCESS)
     return tdmi_mpi_error(rc, "MPI_Allreduce (agreement)");
   if (first == size)
     return TDM_SUCCESS;
-  char msg[768] = "";
+  char msg[768] = "", own[768] = "";
   int status = local;
-  if (rank == first)
-    snprintf(msg, sizeof msg, "%s", tdm_last_error());
+  if (local != TDM_SUCCESS)
+    snprintf(rank == first ? msg : own, sizeof msg, "%s", tdm_last_error());
   MPI_Bcast(&status, 1, MPI_INT, first, comm);
   rc = MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
-  if (local != TDM_SUCCESS)
-    return local;
   if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "MPI_Bcast (agreement)");
-  if (same_status)
-    return tdmi_error((tdm_status)status, "%s (rank %d): %s", what, first,
-                      msg);
-  return tdmi_error(TDM_ERR_REMOTE, "%s failed on rank %d: %s: %s", what, first,
-                    tdm_status_string((tdm_status)status), msg);
-}
-
-tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
-  return agree(comm, local, what, 0);
-}
-
-tdm_status tdmi_agree_status(MPI_Comm comm, tdm_status local,
-                             const char *what) {
-  return agree(comm, local, what, 1);
+    return local != TDM_SUCCESS ? local
+                                : tdmi_mpi_error(rc, "MPI_Bcast (agreement)");
+  /* the message names the call; else what the ranks were agreeing on */
+  size_t wl = strlen(what);
+  int names_call = strncmp(msg, what, wl) == 0 && msg[wl] == ':';
+  return tdmi_error((tdm_status)status, "rank %d: %s%s%s%s%s", first,
+                    names_call ? "" : what, names_call ? "" : ": ", msg,
+                    own[0] ? "; this rank also: " : "", own);
 }
 
 tdm_status tdmi_check_ptr(const char *fn, const void *p, const char *name) {

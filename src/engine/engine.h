@@ -25,6 +25,8 @@ typedef struct {
   int flags;      /* TDM_PARAM_* */
   void *initial;  /* staged values until tdm_prepare; NULL: zeros */
   void **bind_data, **bind_grad; /* tdm_bind_param: the program's pointers */
+  void *own_data, *own_grad;     /* what they held before tdm_prepare */
+  int rebound;                   /* tdm_prepare pointed them at ours */
   size_t first;   /* element index into the flat buffers of its dtype */
   int bucket;
   int ready;      /* marked in the micro-step in progress */

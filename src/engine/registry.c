@@ -160,11 +160,31 @@ tdm_status tdm_engine_create(tdm_context *ctx, tdm_engine **engine) {
   return TDM_SUCCESS;
 }
 
+/* The program's bound pointers get their own arrays back, the values
+ * holding the trained weights (collective: a gather at ZeRO-3). */
+static tdm_status unbind(tdm_engine *e) {
+  tdm_status st = TDM_SUCCESS;
+  for (int i = 0; e->prepared && i < e->nparams; i++) {
+    tdmi_param *p = &e->params[i];
+    if (!p->rebound)
+      continue;
+    if (p->own_data && !e->in_backward) {
+      tdm_status one = tdm_gather_param(e, i, p->own_data);
+      st = st == TDM_SUCCESS ? one : st;
+    }
+    *p->bind_data = p->own_data;
+    if (p->bind_grad)
+      *p->bind_grad = p->own_grad;
+  }
+  return st;
+}
+
 tdm_status tdm_engine_destroy(tdm_engine *engine) {
   TDMI_TRY(tdmi_engine_check(engine, "tdm_engine_destroy"));
+  tdm_status st = unbind(engine);
   tdmi_stream_stop(engine);
   engine_free(engine);
-  return TDM_SUCCESS;
+  return st;
 }
 
 /* ---- registration ---- */
@@ -349,9 +369,17 @@ static tdm_status bind_pointers(tdm_engine *e) {
                         "reserved address space, which this device does not "
                         "have yet (a GPU); use tdm_param_buffers per "
                         "micro-step, or stage 0-1", fn, p->name, e->stage);
-    TDMI_TRY(tdmi_param_data(e, i, p->bind_data));
+    void *data, *grad = NULL;
+    TDMI_TRY(tdmi_param_data(e, i, &data));
     if (p->bind_grad)
-      TDMI_TRY(tdmi_param_grad(e, i, p->bind_grad));
+      TDMI_TRY(tdmi_param_grad(e, i, &grad));
+    p->own_data = *p->bind_data;
+    *p->bind_data = data;
+    if (p->bind_grad) {
+      p->own_grad = *p->bind_grad;
+      *p->bind_grad = grad;
+    }
+    p->rebound = 1;
   }
   return TDM_SUCCESS;
 }
@@ -461,11 +489,16 @@ tdm_status tdm_prepare(tdm_engine *e) {
   if (st == TDM_SUCCESS)
     st = tdmi_stream_start(e);
   st = tdmi_agree(e->comm, st, fn);
-  if (st != TDM_SUCCESS)
+  if (st != TDM_SUCCESS) {
+    tdmi_log(e->ctx, TDM_LOG_WARN, "%s", tdm_last_error());
     return st;
+  }
   e->prepared = 1;
   log_layout(e);
-  return tdmi_agree(e->comm, bind_pointers(e), fn);
+  st = tdmi_agree(e->comm, bind_pointers(e), fn);
+  if (st != TDM_SUCCESS) /* a program that checks nothing still hears */
+    tdmi_log(e->ctx, TDM_LOG_WARN, "%s", tdm_last_error());
+  return st;
 }
 
 /* ---- lookups ---- */
