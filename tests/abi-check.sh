@@ -5,15 +5,7 @@
 src=${TDM_SRCDIR:-.}
 build=${TDM_BUILDDIR:-.}
 lib=$build/src/.libs/libtandem.so
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-n=0
-check() { # description, command...
-  desc=$1; shift
-  n=$((n + 1))
-  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
-  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
-}
+. "$src/tests/tap-lib.sh"
 grep -ohE '\btdm_[a-z0-9_]+[[:space:]]*\(' "$src/include/tandem.h" "$src/include/tandem_mpi.h" \
   "$src/include/tandem_cuda.h" |
   tr -d ' (' | sort -u >"$tmp/header"

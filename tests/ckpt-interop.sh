@@ -18,13 +18,8 @@ export_prog=${CKPT_EXPORT:-$build/mpi-tests/ckpt_export}
 torch_prog=${CKPT_TORCH:-$build/mpi-tests/ckpt_torch}
 checker=$src/tests/check_safetensors_interop.py
 MPIRUN=${MPIRUN:-mpirun}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
-. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
+. "$src/tests/tap-lib.sh"
+export TANDEM_DEVICE=cpu
 export TDM_SRCDIR="$src"
 unset TANDEM_ZERO_STAGE TANDEM_ZERO3_PERSISTENCE_THRESHOLD \
   TANDEM_GRADIENT_ACCUMULATION_STEPS TANDEM_MIXED_PRECISION
@@ -39,13 +34,6 @@ for p in ${PYTHON:-} python3 python; do
   fi
 done
 
-n=0
-check() { # description, command...
-  desc=$1; shift
-  n=$((n + 1))
-  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
-  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
-}
 skip() { # description, reason
   n=$((n + 1))
   echo "ok $n - $1 # SKIP $2"

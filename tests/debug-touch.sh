@@ -6,22 +6,10 @@
 # zeros).
 build=${TDM_BUILDDIR:-.}
 prog=$build/mpi-tests/t_stable
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 [ -x "$prog" ] || { echo "1..0 # SKIP no $prog"; exit 0; }
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
-. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
+. "${TDM_SRCDIR:-.}/tests/tap-lib.sh"
+export TANDEM_DEVICE=cpu
 unset TANDEM_ZERO_STAGE TANDEM_OFFLOAD TANDEM_GRADIENT_ACCUMULATION_STEPS
-n=0
-check() { # description, command...
-  desc=$1; shift
-  n=$((n + 1))
-  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
-  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
-}
 dies_naming() { # np message
   TANDEM_DEBUG=1 timeout -k 5 60 mpirun --oversubscribe --mca pml ob1 \
     $TDM_SANITIZER_MPI_ARGS -np "$1" "$prog" --touch >"$tmp/run" 2>&1

@@ -5,23 +5,11 @@
 # ZeRO-3 and on 4 with bf16 compute copies, and still learns.
 build=${TDM_BUILDDIR:-.}
 mlp=${MLP:-$build/examples/mlp/mlp}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_btl_base_warn_component_unused=0 TANDEM_DEVICE=cpu
-. "${TDM_SRCDIR:-.}/mpi-tests/sanitizer-env.sh"
+. "${TDM_SRCDIR:-.}/tests/tap-lib.sh"
+export TANDEM_DEVICE=cpu
 run() { # np, then mlp arguments
   np=$1; shift
   timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS -np "$np" "$mlp" "$@"
-}
-n=0
-check() { # description, command...
-  desc=$1; shift
-  n=$((n + 1))
-  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
-  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
 }
 # Same trajectory: the loss lines from step 60 on are identical.  (The
 # exit status says whether the MLP learned, which 120 steps on one rank

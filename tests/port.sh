@@ -16,29 +16,16 @@ src=${TDM_SRCDIR:-.}
 build=${TDM_BUILDDIR:-.}
 after=$build/examples/port/after
 driver=$build/mpi-tests/port_driver
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 for f in "$after" "$driver"; do
   [ -x "$f" ] || { echo "1..0 # SKIP no $f"; exit 0; }
 done
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_btl_base_warn_component_unused=0
-. "$src/mpi-tests/sanitizer-env.sh"
+. "$src/tests/tap-lib.sh"
 unset TANDEM_ZERO_STAGE TANDEM_OFFLOAD TANDEM_GRADIENT_ACCUMULATION_STEPS \
   TANDEM_MIXED_PRECISION TANDEM_DEVICE
 run() { # np, then the program and its arguments
   np=$1; shift
   timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 $TDM_SANITIZER_MPI_ARGS \
     -np "$np" "$@"
-}
-n=0
-check() { # description, command...
-  desc=$1; shift
-  n=$((n + 1))
-  if "$@" >"$tmp/out" 2>&1; then echo "ok $n - $desc"
-  else echo "not ok $n - $desc"; sed 's/^/# /' "$tmp/out"; fi
 }
 
 small_diff() {
