@@ -10,7 +10,9 @@
  *  - tdm_schedule_factor against every schedule row;
  *  - the error paths of the optimizer calls, clipping outside a boundary
  *    (also on a non-boundary micro-step of an accumulation cycle);
- *  - a missing, truncated or corrupted reference file fails the test.
+ *  - a missing, truncated or corrupted reference file fails the test;
+ *  - torch's defaults from TDM_OPTIMIZER_OPTIONS_INIT (AdamW weight decay
+ *    0.01, Adam 0, lr 1e-3) against the closed form of a first step.
  *
  * Tolerances.  Parameters: |got - want| <= 1e-6 * max(1, |want|).  The
  * parameters are O(1) (0.1 .. 2).  Rounding differences (with 3 ranks g / 3
@@ -959,6 +961,36 @@ static void accumulation(void) {
   TH_OK(tdm_finalize(c2));
 }
 
+/* torch's defaults from TDM_OPTIMIZER_OPTIONS_INIT: AdamW decays its
+ * weights by 0.01, Adam by 0, and lr is 1e-3.  On the first step Adam's
+ * update is lr * g / (|g| + eps) with the averaged g = 1, so after one
+ * step w = w0 (1 - lr wd) - lr / (1 + 1e-8) (f32 arithmetic: 1e-6
+ * relative). */
+static void torch_defaults(void) {
+  static const tdm_optimizer_kind kinds[2] = {TDM_OPTIMIZER_ADAMW,
+                                              TDM_OPTIMIZER_ADAM};
+  static const double decay[2] = {0.01, 0.0};
+  for (int k = 0; k < 2; k++) {
+    float *w = NULL, *wg = NULL;
+    tdm_engine *e = small_engine(ctx, &w, &wg);
+    tdm_optimizer_options oo = TDM_OPTIMIZER_OPTIONS_INIT;
+    oo.kind = kinds[k];
+    tdm_optimizer *opt = NULL;
+    TH_OK(tdm_optimizer_create(e, &oo, &opt));
+    small_backward(e, 1.0f, 1);
+    int stepped = 0;
+    TH_OK(tdm_step(opt, &stepped));
+    for (int i = 0; w && i < 4; i++) {
+      double w0 = i + 1, want = w0 * (1 - 1e-3 * decay[k]) - 1e-3 / (1 + 1e-8);
+      TH_CHECK(fabs(w[i] - want) <= 1e-6 * want, "%s defaults: w[%d] %.9g, "
+               "want %.9g (weight decay %g)", k ? "Adam" : "AdamW", i,
+               (double)w[i], want, decay[k]);
+    }
+    TH_OK(tdm_optimizer_destroy(opt));
+    TH_OK(tdm_engine_destroy(e));
+  }
+}
+
 int main(int argc, char **argv) {
   th_init(&argc, &argv, MPI_THREAD_MULTIPLE, &rank, &size);
   const char *src = getenv("TDM_SRCDIR");
@@ -982,6 +1014,7 @@ int main(int argc, char **argv) {
       run_case(&ref, &ref.cases[i]);
     argument_errors();
     accumulation();
+    torch_defaults();
     TH_OK(tdm_finalize(ctx));
     ref_free(&ref);
   }
