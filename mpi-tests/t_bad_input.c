@@ -1,7 +1,7 @@
 /* t_bad_input.c - the bad-input table: every row is a call with a bad
  * argument, the status it must return and a phrase its message must hold.
  * Then the TANDEM_DEBUG rows, where ranks disagree and every rank must
- * fail together instead of hanging. */
+ * fail together instead of hanging, and tdm_start / tdm_stop. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -124,6 +124,33 @@ static void debug_rows(tdm_context *dbg) {
   TH_CHECK(sum == (float)size, "sum after mismatches %g", sum);
 }
 
+/* tdm_start and tdm_stop: bad sessions refused, a good one filled in
+ * with this rank's place and an engine, and emptied by tdm_stop. */
+static void sessions(void) {
+  TH_FAILS(tdm_start(NULL, NULL, NULL), TDM_ERR_INVALID_ARGUMENT,
+           "tdm_start: session is NULL");
+  TH_FAILS(tdm_stop(NULL), TDM_ERR_INVALID_ARGUMENT,
+           "tdm_stop: session is NULL");
+  tdm_session bad = TDM_SESSION_INIT;
+  bad.size = 8;
+  TH_FAILS(tdm_start(NULL, NULL, &bad), TDM_ERR_INVALID_ARGUMENT,
+           "session->size = 8");
+  tdm_session s = TDM_SESSION_INIT;
+  TH_OK(tdm_start(NULL, NULL, &s));
+  TH_CHECK(s.ctx && s.engine && !s.optimizer && s.rank == rank &&
+               s.world_size == size,
+           "session: ctx %p engine %p rank %d of %d", (void *)s.ctx,
+           (void *)s.engine, s.rank, s.world_size);
+  tdm_device_kind kind = TDM_DEVICE_AUTO;
+  int index = -1;
+  TH_OK(tdm_get_device(s.ctx, &kind, &index));
+  TH_CHECK(kind == TDM_DEVICE_CPU, "session device %d, want the CPU",
+           (int)kind);
+  TH_OK(tdm_stop(&s));
+  TH_CHECK(!s.ctx && !s.engine, "tdm_stop left handles behind");
+  TH_FAILS(tdm_stop(&s), TDM_ERR_INVALID_ARGUMENT, "ctx");
+}
+
 int main(int argc, char **argv) {
   tdm_context *ctx = NULL, *dead = NULL, *dbg = NULL;
   TH_OK(tdm_init(&argc, &argv, NULL, &ctx));
@@ -139,6 +166,7 @@ int main(int argc, char **argv) {
   if (size > 1)
     debug_rows(dbg);
   TH_OK(tdm_finalize(dbg));
+  sessions();
   int code = th_finish("t_bad_input");
   TH_OK(tdm_finalize(ctx));
   return code;
