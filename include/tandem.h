@@ -211,10 +211,13 @@ typedef struct tdm_options {
   /* Mixed precision and CPU kernels. */
   int mixed_precision;     /* tdm_precision; env TANDEM_MIXED_PRECISION
                               (no, bf16, fp16); default no               */
-  int reduce_dtype;        /* tdm_dtype of the gradients of f32
-                              parameters, reduced in it: TDM_F32,
-                              TDM_BF16 or TDM_F16; env TANDEM_REDUCE_DTYPE
-                              (f32, bf16, f16); default f32              */
+  int reduce_dtype;        /* tdm_dtype in which the gradients of f32
+                              parameters are summed: TDM_F32, TDM_BF16 or
+                              TDM_F16 (under mixed precision also kept in
+                              it; without, f32 gradients converted for
+                              the wire by tandem); env
+                              TANDEM_REDUCE_DTYPE (f32, bf16, f16);
+                              default f32                               */
   int cpu_threads;         /* OpenMP threads of the CPU kernels; env
                               TANDEM_CPU_THREADS; default: the CPUs this
                               process may run on / ranks on the node      */

@@ -449,7 +449,10 @@ static void test_copies(const setup *s) {
                                                            : TDM_F32;
   for (int p = 0; p < 3; p++) {
     tdm_dtype wd = dtype[p] == TDM_F32 ? copy_dt : TDM_F64;
-    tdm_dtype wg = dtype[p] == TDM_F32 ? (tdm_dtype)s->reduce : TDM_F64;
+    /* f32 math keeps f32 gradients: the reduce dtype is the wire's */
+    tdm_dtype wg = dtype[p] == TDM_F64                   ? TDM_F64
+                   : s->precision == TDM_PRECISION_NO ? TDM_F32
+                                                        : (tdm_dtype)s->reduce;
     TH_CHECK(r.data_dt[p] == wd && r.grad_dt[p] == wg,
              "%s: param %d dtypes (%s, %s), want (%s, %s)", tag, p,
              dt_name(r.data_dt[p]), dt_name(r.grad_dt[p]), dt_name(wd),

@@ -782,8 +782,10 @@ static void estimates(void) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int mixed = cases[i].precision != TDM_PRECISION_NO;
     double want[5];
+    /* gradients: the reduce dtype under mixed precision, f32 with f32
+     * math (where the reduce dtype is only the wire's) */
     paper_bytes((double)cases[i].numel, cases[i].n, cases[i].stage,
-                mixed ? 2 : 4, cases[i].reduce == TDM_F32 ? 4 : 2,
+                mixed ? 2 : 4, !mixed || cases[i].reduce == TDM_F32 ? 4 : 2,
                 cases[i].states, mixed, want);
     estimate_total(cases[i].numel, cases[i].n, cases[i].stage,
                    (tdm_precision)cases[i].precision,

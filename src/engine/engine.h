@@ -74,6 +74,9 @@ typedef struct {
 typedef struct {
   tdm_dtype dtype;  /* of its parameters (the flat buffers' index)      */
   tdm_dtype grad_dtype;
+  tdm_dtype wire_dtype; /* what its collective carries: grad_dtype, or the
+                           16-bit reduce dtype of f32 gradients (wire.c) */
+  void *wire;       /* that conversion while the collective runs, or NULL */
   size_t first;     /* element index into the flat layout               */
   size_t count;     /* elements; ZeRO: size * chunk, padding included   */
   size_t chunk;     /* ZeRO: each rank's share; stage 0: count          */
@@ -123,6 +126,7 @@ typedef struct {
   tdm_dtype copy_dtype;  /* valid when copied */
   void *grad;
   tdm_dtype grad_dtype;
+  tdm_dtype wire_dtype;  /* what the gradient collectives carry */
   void *master, *shard_copy, *shard_grad;
   void *host_grad, *host_copy;
   /* ZeRO-2/3 (window.c): full-size reserved ranges at fixed addresses,
@@ -309,6 +313,20 @@ void tdmi_window_clear_grads(tdm_engine *e);
  * where there is none. */
 void *tdmi_window_values(const tdm_engine *e, const tdmi_param *p);
 void *tdmi_window_grads(const tdm_engine *e, const tdmi_param *p);
+/* Gradient compression (wire.c): an f32 model's gradients on the wire in
+ * the 16-bit reduce dtype, converted by tandem.  tdmi_wire_open gives
+ * the buffer bucket b's collective runs on: grads itself, or their
+ * conversion (counted as comm buffers); tdmi_wire_result converts count
+ * reduced elements from element at of the wire into out, in grad_dtype;
+ * tdmi_wire_close frees the conversion. */
+tdm_status tdmi_wire_open(tdm_engine *e, tdmi_bucket *b, void *grads,
+                          void **buf);
+tdm_status tdmi_wire_result(tdm_engine *e, const tdmi_bucket *b, size_t at,
+                            void *out, size_t count);
+void tdmi_wire_close(tdm_engine *e, tdmi_bucket *b);
+/* The collective's MPI op: 16-bit sums accumulate in f32. */
+MPI_Op tdmi_wire_op(const tdm_engine *e, const tdmi_bucket *b);
+
 /* ZeRO (zero.c): after an update, every rank's chunks to all. */
 tdm_status tdmi_zero_gather_params(tdm_engine *e);
 

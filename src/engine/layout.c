@@ -63,7 +63,11 @@ void tdmi_layout_dtypes(tdm_engine *e) {
   tdm_dtype copy = e->precision == TDM_PRECISION_BF16 ? TDM_BF16 : TDM_F16;
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
-    f->grad_dtype = d == TDM_F32 ? e->reduce_dtype : (tdm_dtype)d;
+    /* f32 math keeps f32 gradients, and a 16-bit reduce dtype is only
+     * what goes on the wire; 16-bit compute copies get 16-bit gradients */
+    int mixed = e->precision != TDM_PRECISION_NO;
+    f->grad_dtype = d == TDM_F32 && mixed ? e->reduce_dtype : (tdm_dtype)d;
+    f->wire_dtype = d == TDM_F32 ? e->reduce_dtype : (tdm_dtype)d;
     f->copied = d == TDM_F32 && e->precision != TDM_PRECISION_NO;
     f->copy_dtype = copy;
   }
@@ -85,6 +89,7 @@ static int assign(tdm_engine *e) {
       memset(b, 0, sizeof *b);
       b->dtype = p->dtype;
       b->grad_dtype = f->grad_dtype;
+      b->wire_dtype = f->wire_dtype;
       b->first = align_up(f->count);
       b->order_first = k;
       b->module = e->stage == 3 ? p->module : -1;
@@ -313,6 +318,7 @@ void tdmi_layout_free(tdm_engine *e) {
     tdmi_xfer_free(e, &bk->reduce);
     tdmi_xfer_free(e, &bk->gather);
     tdmi_bucket_drop_grads(e, bk);
+    tdmi_wire_close(e, bk);
   }
   tdmi_window_free(e);
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {

@@ -239,7 +239,8 @@ tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
   /* Each category whole, then divided by N from the stage that shards
    * it: 1 optimizer state and masters, 2 gradients, 3 parameters. */
   uint64_t whole[TDM_MEM_NUM_CATEGORIES] = {
-      numel * (mixed ? 2 : 4), numel * tdmi_dtype_size(reduce_dtype),
+      /* f32 math keeps f32 gradients; the reduce dtype is the wire's */
+      numel * (mixed ? 2 : 4), numel * (mixed ? tdmi_dtype_size(reduce_dtype) : 4),
       numel * 4 * (uint64_t)states_per_param, mixed ? numel * 4 : 0, 0};
   static const int sharded_from[TDM_MEM_NUM_CATEGORIES] = {3, 2, 1, 1, 4};
   for (int c = 0; c < TDM_MEM_NUM_CATEGORIES; c++)

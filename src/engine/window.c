@@ -267,8 +267,10 @@ void tdmi_bucket_drop_grads(tdm_engine *e, tdmi_bucket *b) {
 }
 
 void tdmi_window_clear_grads(tdm_engine *e) {
-  for (int b = 0; b < e->nbuckets; b++)
+  for (int b = 0; b < e->nbuckets; b++) {
     tdmi_bucket_drop_grads(e, &e->buckets[b]);
+    tdmi_wire_close(e, &e->buckets[b]);
+  }
   for (int d = 0; d < TDM_NUM_DTYPES; d++) {
     tdmi_flat *f = &e->flat[d];
     if (f->grad_window) /* our own pages: cannot fail */

@@ -10,10 +10,6 @@
 
 #include "engine.h"
 
-static MPI_Op op_of(const tdm_engine *e, const tdmi_bucket *b) {
-  return b->grad_dtype == e->reduce_dtype ? e->reduce_op : MPI_SUM;
-}
-
 /* Reduce-scatter and all-gather both send (N-1)/N of the buffer. */
 static void count_traffic(tdm_engine *e, size_t bytes) {
   uint64_t n = (uint64_t)e->ctx->size;
@@ -24,30 +20,31 @@ static void count_traffic(tdm_engine *e, size_t bytes) {
  * micro-step's bucket gradients (stages 2-3; all zero when no parameter
  * of the bucket asked for its gradient). */
 static tdm_status source(tdm_engine *e, tdmi_bucket *b, void **buf) {
+  void *grads;
   if (e->stage == 1) {
-    *buf = (char *)e->flat[b->dtype].grad +
-           b->first * tdmi_dtype_size(b->grad_dtype);
-    return TDM_SUCCESS;
+    grads = (char *)e->flat[b->dtype].grad +
+            b->first * tdmi_dtype_size(b->grad_dtype);
+  } else {
+    TDMI_TRY(tdmi_bucket_hold_grads(e, b, "bucket reduction"));
+    grads = b->staging;
   }
-  TDMI_TRY(tdmi_bucket_hold_grads(e, b, "bucket reduction"));
-  *buf = b->staging;
+  TDMI_TRY(tdmi_wire_open(e, b, grads, buf)); /* compressed: converted */
+  count_traffic(e, b->count * tdmi_dtype_size(b->wire_dtype));
   return TDM_SUCCESS;
 }
 
 static tdm_status zero_launch(tdm_engine *e, tdmi_bucket *b) {
   void *buf = NULL;
   TDMI_TRY(source(e, b, &buf));
-  count_traffic(e, b->bytes);
   return tdmi_xfer_reduce_scatter(e, &e->reduce_ch, &b->reduce, buf,
-                                  b->chunk, b->grad_dtype, op_of(e, b));
+                                  b->chunk, b->wire_dtype, tdmi_wire_op(e, b));
 }
 
 static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
   void *buf = NULL;
   TDMI_TRY(source(e, b, &buf));
-  count_traffic(e, b->bytes);
-  return tdmi_reduce_scatter(e->comm, buf, b->chunk, b->grad_dtype,
-                             op_of(e, b));
+  return tdmi_reduce_scatter(e->comm, buf, b->chunk, b->wire_dtype,
+                             tdmi_wire_op(e, b));
 }
 
 /* The reduced chunk is where the transport left it (the start of the
@@ -56,17 +53,28 @@ static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
 static tdm_status zero_finish(tdm_engine *e, tdmi_bucket *b) {
   size_t gsize = tdmi_dtype_size(b->grad_dtype);
   tdmi_flat *f = &e->flat[b->dtype];
-  size_t at = tdmi_xfer_rs_offset(e, b->chunk) * gsize;
+  size_t at = tdmi_xfer_rs_offset(e, b->chunk);
+  size_t mine = (size_t)e->ctx->rank * b->chunk * gsize;
+  tdm_status st = TDM_SUCCESS;
   if (e->stage == 1) {
     char *g = (char *)f->grad + b->first * gsize;
-    size_t mine = (size_t)e->ctx->rank * b->chunk * gsize;
-    return mine == at ? TDM_SUCCESS /* chunks never overlap */
-                      : tdmi_ops_copy(&e->ops, g + mine, g + at,
-                                      b->chunk * gsize);
+    if (b->wire) /* the reduced chunk back from the wire into place */
+      st = tdmi_wire_result(e, b, at, g + mine, b->chunk);
+    else if (mine != at * gsize) /* chunks never overlap */
+      st = tdmi_ops_copy(&e->ops, g + mine, g + at * gsize, b->chunk * gsize);
+    tdmi_wire_close(e, b);
+    return st;
   }
-  tdm_status st = tdmi_ops_accumulate(
-      &e->ops, b->grad_dtype, (char *)b->staging + at,
-      (char *)f->shard_grad + b->shard_first * gsize, b->chunk);
+  /* Stages 2-3: added into the shard; a compressed chunk first comes back
+   * into the bucket's own gradients, which are spent already. */
+  char *reduced = (char *)b->staging + at * gsize;
+  if (b->wire)
+    st = tdmi_wire_result(e, b, at, reduced, b->chunk);
+  if (st == TDM_SUCCESS)
+    st = tdmi_ops_accumulate(&e->ops, b->grad_dtype, reduced,
+                             (char *)f->shard_grad + b->shard_first * gsize,
+                             b->chunk);
+  tdmi_wire_close(e, b);
   tdmi_bucket_drop_grads(e, b);
   return st;
 }
