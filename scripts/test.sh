@@ -26,7 +26,9 @@ suite() { # builddir label [make arguments]: make check, counting each run
   p=$(awk '/^# PASS:/ {print $3}' "$s" 2>/dev/null); p=${p:-0}
   f=$(awk '/^# (FAIL|ERROR|XPASS):/ {n += $3} END {print n + 0}' "$s" 2>/dev/null)
   k=$(awk '/^# SKIP:/ {print $3}' "$s" 2>/dev/null); k=${k:-0}
-  [ "$rc" != 0 ] && [ "$f" = 0 ] && f=1 # the suite did not even run
+  if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then # the suite did not even run
+    f=1; echo "make check ($label) failed before its tests:"; tail -30 "$log" | sed 's/^/  | /'
+  fi
   if grep -E "warning:" "$log"; then # the tests themselves are -Wall clean
     echo "FAIL: compiler warnings in the test programs ($label)"; f=$((f + 1))
   fi
