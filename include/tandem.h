@@ -819,6 +819,157 @@ typedef struct tdm_optimizer_info {
 tdm_status tdm_get_optimizer_info(const tdm_optimizer *optimizer,
                                   tdm_optimizer_info *info);
 
+/* ---- data: datasets, distributed sampler, prefetching loader ------------ */
+/*
+ * A dataset is rows of equal size in files; a sampler says which rows
+ * this rank takes in each batch; a loader reads them ahead on a thread
+ * into contiguous memory (Accelerate's prepare(dataloader)):
+ *
+ *   tdm_dataset_open_tokens(files, 1, seq_len, &ds);
+ *   tdm_dataset_info(ds, &rows, NULL, NULL);
+ *   tdm_sampler_options so = TDM_SAMPLER_OPTIONS_INIT;
+ *   so.batch_size = 8;
+ *   tdm_sampler_create(ctx, rows, &so, &sampler);
+ *   tdm_loader_create(ds, sampler, NULL, &loader);
+ *   each step: tdm_loader_next(loader, &batch);   batch.data, batch.count
+ *
+ * Datasets read only the rows asked for (.npy arrays are memory-mapped,
+ * token shards read with pread), and may be read from several threads at
+ * once.  Samplers and loaders are used by one thread at a time.
+ */
+
+typedef struct tdm_dataset tdm_dataset;
+
+/* A NumPy .npy file (format 1.0, 2.0 or 3.0), memory-mapped.  Rows run
+ * along the first axis (a 0-d or 1-d array: one element per row); the
+ * header is checked strictly: little-endian (or one-byte) f4, f8, f2, i4,
+ * i8 or u1 (TDM_F32 ... TDM_U8), C order (fortran_order False), and a
+ * file size that matches the shape.  TDM_ERR_FORMAT names the file and
+ * the field, TDM_ERR_NOT_SUPPORTED an unsupported dtype or Fortran order. */
+tdm_status tdm_dataset_open_npy(const char *path, tdm_dataset **dataset);
+
+/* Token shards in llm.c's format (a header of 256 little-endian int32:
+ * magic 20240520, version 1 for uint16 tokens or 2 for uint32, the token
+ * count; then the tokens), read as one stream in the order given.  Row i
+ * is the window of seq_len + 1 tokens starting at token i * seq_len, as
+ * int32 (TDM_I32): a model's inputs are its first seq_len, the targets its
+ * last seq_len.  rows = (total tokens - 1) / seq_len (0 under 2 tokens).
+ * Every header is checked at open (the file size must be exactly what it
+ * says: TDM_ERR_FORMAT); the files stay open until tdm_dataset_close. */
+tdm_status tdm_dataset_open_tokens(const char *const *paths, int count,
+                                   size_t seq_len, tdm_dataset **dataset);
+
+/* Rows, bytes per row as delivered, and element dtype; any out may be
+ * NULL.  Thread-safe. */
+tdm_status tdm_dataset_info(const tdm_dataset *dataset, size_t *rows,
+                            size_t *row_bytes, tdm_dtype *dtype);
+/* The .npy array's shape (ndim 0..8); token datasets: {rows, seq_len + 1}.
+ * All 8 of shape are written, 0 past ndim; either out may be NULL. */
+tdm_status tdm_dataset_shape(const tdm_dataset *dataset, int *ndim,
+                             int64_t shape[8]);
+/* Copies row (< rows) into out (row_bytes).  Thread-safe.  Token shards:
+ * TDM_ERR_FORMAT for a uint32 token above INT32_MAX. */
+tdm_status tdm_dataset_read(const tdm_dataset *dataset, size_t row,
+                            void *out);
+/* File bytes read so far (token shards: headers and rows; .npy: the
+ * header, as rows are mapped, not read).  Thread-safe. */
+tdm_status tdm_dataset_bytes_read(const tdm_dataset *dataset,
+                                  uint64_t *bytes);
+tdm_status tdm_dataset_close(tdm_dataset *dataset);
+
+typedef struct tdm_sampler tdm_sampler;
+
+/*
+ * Batches of an epoch.  G rows make a global batch: batch_size * world
+ * size, or batch_size itself with split_batches (then it must divide by
+ * the world size).  Each rank takes B = G / world size of them: in batch
+ * k, rank r takes positions k * G + r * B ... + B - 1 of the epoch's
+ * order, which is a permutation of the rows (with shuffle: Fisher-Yates,
+ * for i = rows - 1 down to 1 swapping i with j = u % (i + 1), u the next
+ * two words (low, high) of the shared Philox stream of seed + epoch, as
+ * tdm_rng_create(ctx, seed + epoch, TDM_RNG_SHARED) draws them), else the
+ * identity.  The same on every rank, with no communication.  A last
+ * global batch of R < G rows is dropped with drop_last; else with
+ * even_batches it is filled by wrapping around to the epoch's first
+ * positions, every rank taking B rows of which max(0, min(B, R - r * B))
+ * are real (tdm_gather_for_metrics's valid_count); else rank r takes only
+ * its real rows, which may be none.
+ */
+typedef struct tdm_sampler_options {
+  size_t size;        /* sizeof(tdm_sampler_options) in the caller        */
+  size_t batch_size;  /* rows per rank per batch (> 0); with split_batches
+                         the global batch                                 */
+  int shuffle;        /* 1 (default): a new order each epoch; 0: in order */
+  uint64_t seed;      /* of the shuffle; default 0                        */
+  int drop_last;      /* 1: drop an incomplete last batch; default 0      */
+  int even_batches;   /* 1 (default): pad it by wrapping around            */
+  int split_batches;  /* 1: batch_size is the global batch; default 0     */
+} tdm_sampler_options;
+
+#define TDM_SAMPLER_OPTIONS_INIT \
+  { sizeof(tdm_sampler_options), 0, 1, 0, 0, 1, 0 }
+
+tdm_status tdm_sampler_options_init(tdm_sampler_options *options);
+
+/* Local, no communication: every rank must give the same rows and
+ * options.  The position starts at (epoch 0, batch 0). */
+tdm_status tdm_sampler_create(const tdm_context *ctx, size_t rows,
+                              const tdm_sampler_options *options,
+                              tdm_sampler **sampler);
+tdm_status tdm_sampler_destroy(tdm_sampler *sampler);
+/* Batches per epoch (the same on every rank), and this rank's rows per
+ * batch at most (B); either out may be NULL. */
+tdm_status tdm_sampler_info(const tdm_sampler *sampler, size_t *batches,
+                            size_t *batch_rows);
+/* This rank's rows of the batch at the position into rows[] (capacity
+ * batch_rows), *count of them, the first *valid real; then moves to the
+ * next batch, after an epoch's last to (epoch + 1, 0).  epoch and batch
+ * (either may be NULL) tell the position the rows came from. */
+tdm_status tdm_sampler_next(tdm_sampler *sampler, size_t *rows,
+                            size_t *count, size_t *valid, uint64_t *epoch,
+                            uint64_t *batch);
+/* Moves to (epoch, 0): PyTorch's DistributedSampler.set_epoch. */
+tdm_status tdm_sampler_set_epoch(tdm_sampler *sampler, uint64_t epoch);
+/* Moves to (this epoch, batches): the next batch is the epoch's
+ * batches-th (Accelerate's skip_first_batches). */
+tdm_status tdm_sampler_skip_first_batches(tdm_sampler *sampler,
+                                          uint64_t batches);
+/* The position of the next batch.  tdm_save_state saves it (see
+ * tdm_checkpoint_options.samplers) and tdm_load_state restores it. */
+tdm_status tdm_sampler_get_position(const tdm_sampler *sampler,
+                                    uint64_t *epoch, uint64_t *batch);
+
+typedef struct tdm_loader tdm_loader;
+
+typedef struct tdm_loader_options {
+  size_t size;   /* sizeof(tdm_loader_options) in the caller             */
+  int prefetch;  /* batches read ahead by the loader's thread (default 2);
+                    0: no thread, tdm_loader_next reads                   */
+} tdm_loader_options;
+
+#define TDM_LOADER_OPTIONS_INIT { sizeof(tdm_loader_options), 2 }
+
+/* One batch: count rows of row_bytes each, contiguous, the first valid of
+ * them real; from position (epoch, index) of the sampler. */
+typedef struct tdm_batch {
+  void *data;
+  size_t count, valid, row_bytes;
+  uint64_t epoch, index;
+} tdm_batch;
+
+/* Reads the sampler's batches from dataset; neither is owned, both must
+ * outlive the loader.  options may be NULL. */
+tdm_status tdm_loader_create(tdm_dataset *dataset, tdm_sampler *sampler,
+                             const tdm_loader_options *options,
+                             tdm_loader **loader);
+/* The batch at the sampler's position (after a set_epoch or skip too),
+ * which then moves on.  batch->data stays valid until the next call or
+ * tdm_loader_destroy.  A read error of the thread is returned here, with
+ * its message. */
+tdm_status tdm_loader_next(tdm_loader *loader, tdm_batch *batch);
+/* Stops the thread (waiting for a read in progress) and frees. */
+tdm_status tdm_loader_destroy(tdm_loader *loader);
+
 /* ---- checkpoints -------------------------------------------------------------- */
 /*
  * A checkpoint is a folder:
@@ -870,11 +1021,15 @@ typedef struct tdm_checkpoint_options {
   /* out, both: the checkpoint folder written or read (may be NULL) */
   char *path_out;
   size_t path_capacity;
+  /* both (since 0.3): samplers whose positions are saved and restored, so
+     a resumed run sees the batches it would have seen */
+  tdm_sampler *const *samplers;
+  int sampler_count;
 } tdm_checkpoint_options;
 
 #define TDM_CHECKPOINT_OPTIONS_INIT                                        \
   { sizeof(tdm_checkpoint_options), 0, 0, TDM_UNSET, NULL, 0, NULL, 0,     \
-    NULL, NULL, 0, NULL, 0 }
+    NULL, NULL, 0, NULL, 0, NULL, 0 }
 
 tdm_status tdm_checkpoint_options_init(tdm_checkpoint_options *options);
 
@@ -928,7 +1083,6 @@ tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
                                     int states_per_param,
                                     uint64_t bytes[TDM_MEM_NUM_CATEGORIES]);
 
-#if defined(__GNUC__)
 /* ---- session: one engine, set up in one call ---------------------------- */
 /*
  * For a program with one engine, what tdm_init, tdm_get_rank,
@@ -966,6 +1120,7 @@ tdm_status tdm_start(int *argc, char ***argv, tdm_session *session);
  * tdm_finalize.  Returns the first failure. */
 tdm_status tdm_stop(tdm_session *session);
 
+#if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
 

@@ -4,9 +4,9 @@
 # libFuzzer (the safetensors fuzz pass) and python3-venv (a venv with the
 # safetensors and numpy wheels, the interop oracle).
 # The same names exist in Spack / RHEL: openmpi, libyaml(-devel), autoconf,
-# automake, libtool, pkgconf, jansson(-devel).
+# automake, libtool, pkgconf, jansson(-devel), openblas(-devel) (examples/gpt).
 set -e
-packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev libjansson-dev"
+packages="gcc make autoconf automake libtool pkg-config openmpi-bin libopenmpi-dev libyaml-dev libjansson-dev libopenblas-dev"
 [ "${1:-}" = --test ] &&
   packages="$packages clang libclang-rt-14-dev python3 python3-venv"
 missing=

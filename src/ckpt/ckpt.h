@@ -80,6 +80,29 @@ tdm_status tdmi_commit_verify(const char *dir);
 /* Removes path and everything under it. */
 tdm_status tdmi_remove_tree(const char *path);
 
+/* ---- the entry points (save.c, load.c) ---- */
+
+/* Positions of the data layer's samplers, which src/checkpoint.c hands
+ * over (the ckpt layer is below data): pos[2 i], pos[2 i + 1] are sampler
+ * i's epoch and batch.  status: the caller's own checks, agreed first. */
+typedef struct {
+  int count;
+  uint64_t *pos;
+  tdm_status status;
+} tdmi_ckpt_samplers;
+
+/* tdm_save_state with the samplers' positions (identical on every rank). */
+tdm_status tdmi_save_state(tdm_engine *e, tdm_optimizer *opt,
+                           const char *root,
+                           const tdm_checkpoint_options *options,
+                           const tdmi_ckpt_samplers *samplers);
+/* tdm_load_state; fills samplers->pos[0 .. 2 count) from the checkpoint,
+ * which must hold at least count positions. */
+tdm_status tdmi_load_state(tdm_engine *e, tdm_optimizer *opt,
+                           const char *path,
+                           const tdm_checkpoint_options *options,
+                           tdmi_ckpt_samplers *samplers);
+
 /* ---- state.json (state.c) ---- */
 
 #define TDMI_CKPT_FORMAT_VERSION 1
@@ -102,6 +125,8 @@ typedef struct {
   int nrngs;
   uint64_t *rng_offsets;     /* nrngs * world_size, rank-major per rng */
   uint64_t user_bytes;
+  int nsamplers;
+  uint64_t *sampler_pos;     /* nsamplers * 2: epoch, batch (rank 0's) */
 } tdmi_ckpt_state;
 
 /* JSON text of s (malloc'd, NUL-terminated). */

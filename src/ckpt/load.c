@@ -358,8 +358,23 @@ static tdm_status check_compatible(const tdmi_ckpt_ctx *c, const char *dir,
   return TDM_SUCCESS;
 }
 
+/* Every rank parsed the same state.json: the same verdict, no agreement
+ * needed. */
+static tdm_status restore_samplers(const tdmi_ckpt_state *s,
+                                   tdmi_ckpt_samplers *samplers) {
+  if (samplers->count > s->nsamplers)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT, "tdm_load_state: "
+                      "options->sampler_count = %d, but the checkpoint holds "
+                      "%d sampler positions", samplers->count, s->nsamplers);
+  if (samplers->count > 0)
+    memcpy(samplers->pos, s->sampler_pos,
+           2 * (size_t)samplers->count * sizeof *samplers->pos);
+  return TDM_SUCCESS;
+}
+
 static tdm_status load_body(const tdmi_ckpt_ctx *c, const char *dir,
-                            const tdm_checkpoint_options *o) {
+                            const tdm_checkpoint_options *o,
+                            tdmi_ckpt_samplers *samplers) {
   char *json = NULL, *path = tdmi_path_in(dir, TDMI_CKPT_STATE);
   size_t n = 0;
   tdmi_ckpt_state s = {0};
@@ -370,6 +385,8 @@ static tdm_status load_body(const tdmi_ckpt_ctx *c, const char *dir,
     st = tdmi_state_parse(path, json, n, &s);
   if (st == TDM_SUCCESS)
     st = check_compatible(c, dir, &s);
+  if (st == TDM_SUCCESS)
+    st = restore_samplers(&s, samplers);
   if (st == TDM_SUCCESS)
     st = load_values(c, dir, s.weights_dtype, 0, dir);
   if (st == TDM_SUCCESS && (c->opt || s.weights_dtype != TDM_UNSET))
@@ -388,11 +405,14 @@ static tdm_status load_body(const tdmi_ckpt_ctx *c, const char *dir,
   return st;
 }
 
-tdm_status tdm_load_state(tdm_engine *e, tdm_optimizer *opt, const char *path,
-                          const tdm_checkpoint_options *options) {
+tdm_status tdmi_load_state(tdm_engine *e, tdm_optimizer *opt, const char *path,
+                           const tdm_checkpoint_options *options,
+                           tdmi_ckpt_samplers *samplers) {
   const char *fn = "tdm_load_state";
   tdm_checkpoint_options o;
   tdm_status st = tdmi_ckpt_check_between_steps(e, opt, fn);
+  if (st == TDM_SUCCESS)
+    st = samplers->status;
   if (st == TDM_SUCCESS)
     st = tdmi_check_ptr(fn, path, "path");
   if (st == TDM_SUCCESS)
@@ -406,7 +426,7 @@ tdm_status tdm_load_state(tdm_engine *e, tdm_optimizer *opt, const char *path,
   TDMI_TRY(tdmi_agree(e->comm, st, fn));
   TDMI_TRY(tdmi_ckpt_share_string(e->comm, dir, sizeof dir));
   const tdmi_ckpt_ctx c = {e, opt, 1};
-  TDMI_TRY(load_body(&c, dir, &o));
+  TDMI_TRY(load_body(&c, dir, &o, samplers));
   tdmi_ckpt_put_path(&o, dir);
   return TDM_SUCCESS;
 }

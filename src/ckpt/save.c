@@ -137,8 +137,9 @@ static tdm_status save_optimizer(const tdmi_ckpt_ctx *c, const char *dir,
 
 /* The counters of state.json (rank 0 fills in the RNG offsets). */
 static tdm_status collect_state(const tdmi_ckpt_ctx *c,
-                                const tdm_checkpoint_options *o, int nfiles,
-                                tdmi_ckpt_state *s) {
+                                const tdm_checkpoint_options *o,
+                                const tdmi_ckpt_samplers *samplers,
+                                int nfiles, tdmi_ckpt_state *s) {
   const tdm_engine *e = c->e;
   const tdm_optimizer *opt = c->opt;
   *s = (tdmi_ckpt_state){0};
@@ -167,10 +168,18 @@ static tdm_status collect_state(const tdmi_ckpt_ctx *c,
   }
   s->nrngs = o->rng_count;
   s->user_bytes = o->user_bytes;
+  s->nsamplers = samplers->count;
+  s->sampler_pos = calloc(2 * (size_t)samplers->count + 1,
+                          sizeof *s->sampler_pos);
+  if (s->sampler_pos && samplers->count > 0)
+    memcpy(s->sampler_pos, samplers->pos,
+           2 * (size_t)samplers->count * sizeof *s->sampler_pos);
   uint64_t *mine = calloc((size_t)o->rng_count + 1, sizeof *mine);
   s->rng_offsets = calloc((size_t)o->rng_count * e->ctx->size + 1,
                           sizeof *s->rng_offsets);
-  tdm_status st = mine && s->rng_offsets ? TDM_SUCCESS : tdmi_ckpt_no_memory();
+  tdm_status st = mine && s->rng_offsets && s->sampler_pos
+                      ? TDM_SUCCESS
+                      : tdmi_ckpt_no_memory();
   for (int i = 0; st == TDM_SUCCESS && i < o->rng_count; i++)
     st = tdm_rng_get_offset(o->rngs[i], &mine[i]);
   st = tdmi_agree(e->comm, st, "tdm_save_state (RNG offsets)");
@@ -207,23 +216,27 @@ static tdm_status save_small(const char *dir, const tdmi_ckpt_state *s,
 
 
 static tdm_status save_body(const tdmi_ckpt_ctx *c, const char *tmp,
-                            const tdm_checkpoint_options *o) {
+                            const tdm_checkpoint_options *o,
+                            const tdmi_ckpt_samplers *samplers) {
   int nfiles = 0;
   TDMI_TRY(save_model(c, tmp, o->weights_dtype, o->max_shard_bytes, &nfiles));
   TDMI_TRY(save_optimizer(c, tmp, o->weights_dtype));
   tdmi_ckpt_state s;
-  tdm_status st = collect_state(c, o, nfiles, &s);
+  tdm_status st = collect_state(c, o, samplers, nfiles, &s);
   if (st == TDM_SUCCESS && c->e->ctx->rank == 0)
     st = save_small(tmp, &s, o);
   tdmi_state_free(&s);
   return tdmi_agree(c->e->comm, st, "tdm_save_state (state.json)");
 }
 
-tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
-                          const tdm_checkpoint_options *options) {
+tdm_status tdmi_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
+                           const tdm_checkpoint_options *options,
+                           const tdmi_ckpt_samplers *samplers) {
   const char *fn = "tdm_save_state";
   tdm_checkpoint_options o;
   tdm_status st = tdmi_ckpt_check_between_steps(e, opt, fn);
+  if (st == TDM_SUCCESS)
+    st = samplers->status;
   if (st == TDM_SUCCESS)
     st = tdmi_check_ptr(fn, root, "root");
   if (st == TDM_SUCCESS)
@@ -242,7 +255,7 @@ tdm_status tdm_save_state(tdm_engine *e, tdm_optimizer *opt, const char *root,
   st = e->ctx->rank == 0 ? tdmi_commit_begin(root, final, tmp) : TDM_SUCCESS;
   TDMI_TRY(tdmi_agree(e->comm, st, fn));
   TDMI_TRY(tdmi_ckpt_share_string(e->comm, tmp, sizeof tmp));
-  st = save_body(&c, tmp, &o);
+  st = save_body(&c, tmp, &o, samplers);
   if (st == TDM_SUCCESS && e->ctx->rank == 0) {
     st = tdmi_commit_finish(root, tmp, final);
     if (st == TDM_SUCCESS && o.total_limit > 0)

@@ -28,6 +28,16 @@ static json_t *rngs_json(const tdmi_ckpt_state *s) {
   return rngs;
 }
 
+static json_t *samplers_json(const tdmi_ckpt_state *s) {
+  json_t *all = json_array();
+  for (int i = 0; all && i < s->nsamplers; i++)
+    json_array_append_new(all, json_pack("{s:I, s:I}", "epoch",
+                                         (json_int_t)s->sampler_pos[2 * i],
+                                         "batch",
+                                         (json_int_t)s->sampler_pos[2 * i + 1]));
+  return all;
+}
+
 static json_t *optimizer_json(const tdmi_ckpt_state *s) {
   if (!s->has_optimizer)
     return json_null();
@@ -48,7 +58,7 @@ tdm_status tdmi_state_dump(const tdmi_ckpt_state *s, char **text) {
            TDM_VERSION_MINOR, TDM_VERSION_PATCH);
   json_t *root = json_pack(
       "{s:s, s:i, s:s, s:I, s:i, s:i, s:s, s:s, s:s, s:i, s:i, s:s, s:i, "
-      "s:o, s:o, s:I}",
+      "s:o, s:o, s:I, s:o}",
       "format", "tandem-checkpoint", "format_version",
       TDMI_CKPT_FORMAT_VERSION, "tandem_version", version,
       "step", (json_int_t)s->step, "world_size", s->world_size,
@@ -60,7 +70,8 @@ tdm_status tdmi_state_dump(const tdmi_ckpt_state *s, char **text) {
       "weights_dtype", dtype_text(s->weights_dtype),
       "model_files", s->nmodel_files,
       "optimizer", optimizer_json(s), "rng_offsets", rngs_json(s),
-      "user_data_bytes", (json_int_t)s->user_bytes);
+      "user_data_bytes", (json_int_t)s->user_bytes, "samplers",
+      samplers_json(s));
   *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                       JSON_REAL_PRECISION(17))
                : NULL;
@@ -140,6 +151,28 @@ static tdm_status parse_optimizer(json_t *o, const char *file,
   return TDM_SUCCESS;
 }
 
+/* Optional: checkpoints of tandem 0.2 have no samplers. */
+static tdm_status parse_samplers(json_t *a, const char *file,
+                                 tdmi_ckpt_state *s) {
+  if (!a)
+    return TDM_SUCCESS;
+  if (!json_is_array(a))
+    return bad(file, "samplers", "is not an array");
+  s->nsamplers = (int)json_array_size(a);
+  s->sampler_pos = calloc(2 * (size_t)s->nsamplers + 1, sizeof *s->sampler_pos);
+  if (!s->sampler_pos)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", file);
+  for (int i = 0; i < s->nsamplers; i++) {
+    int64_t v;
+    json_t *one = json_array_get(a, (size_t)i);
+    TDMI_TRY(get_int(one, "epoch", file, 0, INT64_MAX, &v));
+    s->sampler_pos[2 * i] = (uint64_t)v;
+    TDMI_TRY(get_int(one, "batch", file, 0, INT64_MAX, &v));
+    s->sampler_pos[2 * i + 1] = (uint64_t)v;
+  }
+  return TDM_SUCCESS;
+}
+
 static tdm_status parse_rngs(json_t *a, const char *file, tdmi_ckpt_state *s) {
   if (!json_is_array(a) || json_array_size(a) > 4096)
     return bad(file, "rng_offsets", "is missing or not an array");
@@ -201,7 +234,7 @@ static tdm_status parse_root(json_t *root, const char *file,
   TDMI_TRY(parse_rngs(json_object_get(root, "rng_offsets"), file, s));
   TDMI_TRY(get_int(root, "user_data_bytes", file, 0, INT64_MAX, &v));
   s->user_bytes = (uint64_t)v;
-  return TDM_SUCCESS;
+  return parse_samplers(json_object_get(root, "samplers"), file, s);
 }
 
 tdm_status tdmi_state_parse(const char *file, const char *text, size_t n,
@@ -222,6 +255,8 @@ tdm_status tdmi_state_parse(const char *file, const char *text, size_t n,
 void tdmi_state_free(tdmi_ckpt_state *s) {
   free(s->rng_offsets);
   s->rng_offsets = NULL;
+  free(s->sampler_pos);
+  s->sampler_pos = NULL;
 }
 
 /* ---- model.safetensors.index.json ---- */

@@ -90,7 +90,10 @@ void tdmi_context_destroy(tdm_context *ctx);
 typedef enum {
   TDMI_HANDLE_CONTEXT,
   TDMI_HANDLE_ENGINE,
-  TDMI_HANDLE_OPTIMIZER
+  TDMI_HANDLE_OPTIMIZER,
+  TDMI_HANDLE_DATASET,
+  TDMI_HANDLE_SAMPLER,
+  TDMI_HANDLE_LOADER
 } tdmi_handle_kind;
 tdm_status tdmi_handle_register(const void *h, tdmi_handle_kind kind);
 int tdmi_handle_unregister(const void *h, tdmi_handle_kind kind); /* left */
