@@ -120,8 +120,9 @@ step "bench/ckpt correctness (--check: save/load round trips at ZeRO 0-3, bitwis
 
 # tests/ckpt-crash.sh ran its full 100 saves under SIGKILL above; the
 # later suites (and distcheck) run it short, to keep CI under 30 minutes.
-# tests/port.sh likewise checks N = 1-4 there and N = 1 and 3 after.
-export CKPT_CRASH_SAVES=20 CKPT_CRASH_SECONDS=120 PORT_NPS="1 3"
+# tests/port.sh likewise checks N = 1-4 there and N = 1 and 3 after, and
+# tests/gpt.sh its quick subset.
+export CKPT_CRASH_SAVES=20 CKPT_CRASH_SECONDS=120 PORT_NPS="1 3" GPT_QUICK=1
 
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
