@@ -16,22 +16,6 @@
 
 #include "unit_check.h"
 
-#define FAILS(call, status, text)                                      \
-  do {                                                                 \
-    tdm_status st_ = (call);                                           \
-    CHECK(st_ == (status) && strstr(tdm_last_error(), (text)),         \
-          "-> %s \"%s\"; expected %s with \"%s\"",                     \
-          tdm_status_string(st_), tdm_last_error(),                    \
-          tdm_status_string(status), (text));                          \
-  } while (0)
-
-#define OK(call)                                                       \
-  do {                                                                 \
-    tdm_status st_ = (call);                                           \
-    CHECK(st_ == TDM_SUCCESS, "-> %s (%s)", tdm_status_string(st_),    \
-          tdm_last_error());                                           \
-  } while (0)
-
 static char dir[4096]; /* tests/data/readers */
 static char tmp[64];   /* this run's corrupt files */
 

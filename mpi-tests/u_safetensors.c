@@ -14,23 +14,6 @@
 
 #include "unit_check.h"
 
-/* A call expected to fail with status and a message containing text. */
-#define FAILS(call, status, text)                                      \
-  do {                                                                 \
-    tdm_status st_ = (call);                                           \
-    CHECK(st_ == (status) && strstr(tdm_last_error(), (text)),         \
-          "-> %s \"%s\"; expected %s with \"%s\"",                     \
-          tdm_status_string(st_), tdm_last_error(),                    \
-          tdm_status_string(status), (text));                          \
-  } while (0)
-
-#define OK(call)                                                       \
-  do {                                                                 \
-    tdm_status st_ = (call);                                           \
-    CHECK(st_ == TDM_SUCCESS, "-> %s (%s)", tdm_status_string(st_),    \
-          tdm_last_error());                                           \
-  } while (0)
-
 /* Parses json as the header of a file with data_size bytes of data. */
 static tdm_status parse(const char *json, uint64_t data_size,
                         tdmi_st_header *h) {

@@ -18,4 +18,23 @@ static int failures;
     }                                                                     \
   } while (0)
 
+/* A tandem call expected to fail with status and a message containing
+ * text (needs tandem.h and string.h). */
+#define FAILS(call, status, text)                                      \
+  do {                                                                 \
+    tdm_status st_ = (call);                                           \
+    CHECK(st_ == (status) && strstr(tdm_last_error(), (text)),         \
+          "-> %s \"%s\"; expected %s with \"%s\"",                     \
+          tdm_status_string(st_), tdm_last_error(),                    \
+          tdm_status_string(status), (text));                          \
+  } while (0)
+
+/* A tandem call expected to succeed; else the library's sentence. */
+#define OK(call)                                                       \
+  do {                                                                 \
+    tdm_status st_ = (call);                                           \
+    CHECK(st_ == TDM_SUCCESS, "-> %s (%s)", tdm_status_string(st_),    \
+          tdm_last_error());                                           \
+  } while (0)
+
 #endif
