@@ -32,13 +32,13 @@
 
 typedef struct {
   const char *train, *val, *save_dir, *resume;
-  int steps, batch, global_batch, save_every, sample, eval_batches;
+  int steps, batch, global_batch, save_every, sample;
   double lr;
   gpt_config model;
 } args;
 
 static int parse(int argc, char **argv, args *a) {
-  *a = (args){NULL, NULL, NULL, NULL, 300, 8, 0, 0, 200, 16, 2e-3,
+  *a = (args){NULL, NULL, NULL, NULL, 300, 8, 0, 0, 200, 2e-3,
               {256, 64, 4, 4, 128}};
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
@@ -52,7 +52,6 @@ static int parse(int argc, char **argv, args *a) {
     else if (!strcmp(k, "--global-batch")) a->global_batch = n;
     else if (!strcmp(k, "--save-every")) a->save_every = n;
     else if (!strcmp(k, "--sample")) a->sample = n;
-    else if (!strcmp(k, "--eval-batches")) a->eval_batches = n;
     else if (!strcmp(k, "--lr")) a->lr = atof(v);
     else if (!strcmp(k, "--seq-len")) a->model.seq_len = n;
     else if (!strcmp(k, "--layers")) a->model.layers = n;
@@ -92,29 +91,45 @@ static void open_data(const char *path, const args *a, int train,
   so.split_batches = a->global_batch > 0;
   so.shuffle = train;
   so.seed = 1337;
-  so.drop_last = !train; /* every rank evaluates whole batches */
   TRY(tdm_sampler_create(tdm.ctx, rows, &so, s));
   TRY(tdm_loader_create(*ds, *s, NULL, l));
 }
 
-/* Mean loss over the first batches of the held-out text. */
+/* Mean loss per row over the whole held-out text: every rank takes the
+ * same number of batches (the last padded by wrapping around), and
+ * tdm_gather_for_metrics keeps only the real rows, so the figure is the
+ * same at any world size. */
 static double evaluate(gpt_model *m, tdm_sampler *s, tdm_loader *l,
                        const args *a) {
-  size_t batches;
-  TRY(tdm_sampler_info(s, &batches, NULL));
+  int T = a->model.seq_len, world = tdm.world_size;
+  size_t batches, rows;
+  TRY(tdm_sampler_info(s, &batches, &rows));
   TRY(tdm_sampler_set_epoch(s, 0));
-  int n = (int)batches < a->eval_batches ? (int)batches : a->eval_batches;
-  double sum = 0, mean = 0;
-  for (int i = 0; i < n; i++) {
+  float *mine = malloc(rows * sizeof *mine);
+  float *all = malloc(rows * (size_t)world * sizeof *all);
+  double sum = 0;
+  size_t n = 0, got;
+  for (size_t i = 0; i < batches; i++) {
     tdm_batch b;
     float loss;
     TRY(tdm_loader_next(l, &b));
-    TRY(gpt_forward(m, b.data, a->model.seq_len + 1, (int)b.count,
-                    a->model.seq_len, &loss));
-    sum += loss / n;
+    const int32_t *tokens = b.data;
+    TRY(gpt_forward(m, tokens, T + 1, (int)b.count, T, &loss));
+    for (size_t r = 0; r < b.count; r++) {
+      double row = 0; /* the row's cross-entropy, from its softmax */
+      for (int t = 0; t < T; t++)
+        row -= log(gpt_probs(m, (int)r, t)[tokens[r * (T + 1) + t + 1]]);
+      mine[r] = (float)(row / T);
+    }
+    TRY(tdm_gather_for_metrics(tdm.ctx, mine, b.count, b.valid, TDM_F32, all,
+                               rows * (size_t)world, &got));
+    for (size_t j = 0; j < got; j++)
+      sum += all[j];
+    n += got;
   }
-  TRY(tdm_allreduce(tdm.ctx, &sum, &mean, 1, TDM_F64, TDM_MEAN));
-  return mean;
+  free(mine);
+  free(all);
+  return sum / (double)n;
 }
 
 /* Text from the model, the same on every rank (a shared random stream),
@@ -246,9 +261,13 @@ int main(int argc, char **argv) {
                   100 * in_tandem / seconds));
   }
   TRY(tdm_print(tdm.ctx, "gpt: train loss %.4f -> %.4f\n", first_loss, mean));
-  if (val_l)
-    TRY(tdm_print(tdm.ctx, "gpt: val loss %.4f\n",
-                  evaluate(model, val_s, val_l, &a)));
+  if (val_l) {
+    size_t val_rows;
+    TRY(tdm_dataset_info(val, &val_rows, NULL, NULL));
+    double val_loss = evaluate(model, val_s, val_l, &a);
+    TRY(tdm_print(tdm.ctx, "gpt: val loss %.4f (%zu held-out rows)\n",
+                  val_loss, val_rows));
+  }
   if (a.sample > 0)
     generate(model, &a);
   tdm_loader_destroy(train_l);
