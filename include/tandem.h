@@ -416,9 +416,10 @@ tdm_status tdm_split_between_processes(const tdm_context *ctx, size_t total,
  *     tdm_backward_end(e)             collective: waits for the buckets
  *     tdm_step(opt, &stepped)         optimizer step at the boundary only
  *
- * Gradients are averaged over ranks and micro-steps: tdm_loss_scale()
- * carries the factor 1 / (world size * accumulation steps), so the
- * reduction is a plain sum and no pass divides the gradients.  Buckets are
+ * Gradients are averaged over ranks and micro-steps: the reduction is a
+ * plain sum, and the optimizer's pass divides by world size times the
+ * cycle's micro-steps as it reads them (under fp16 the seed,
+ * tdm_loss_scale(), carries that factor instead).  Buckets are
  * views into one flat gradient buffer per dtype, filled in reverse
  * registration order (bucket 0 is the last module's), capped by
  * tdm_options.first_bucket_bytes and bucket_cap_bytes, frozen at
@@ -498,8 +499,8 @@ tdm_status tdm_get_param_dtypes(const tdm_engine *engine, int param,
 
 /* Starts a micro-step.  Gradients keep their accumulated values. */
 tdm_status tdm_backward_begin(tdm_engine *engine);
-/* The factor to seed backward with: 1 / (world size * accumulation
- * steps), times the loss scale under TDM_PRECISION_FP16. */
+/* The factor to seed backward with: 1, or under TDM_PRECISION_FP16 the
+ * loss scale divided by world size times accumulation steps. */
 tdm_status tdm_loss_scale(const tdm_engine *engine, double *scale);
 /* The parameter's gradient for this micro-step is complete.  Marking it
  * twice in one micro-step is TDM_ERR_INVALID_USAGE. */

@@ -232,7 +232,7 @@ int main(int argc, char **argv) {
       double scale;
       float loss;
       TIMED(tdm_loader_next(train_l, &b));
-      TRY(tdm_loss_scale(tdm.engine, &scale)); /* 1/(ranks x micro-steps) */
+      TRY(tdm_loss_scale(tdm.engine, &scale)); /* fp16: its loss scale; else 1 */
       TRY(gpt_forward(model, b.data, T + 1, (int)b.count, T, &loss));
       TRY(gpt_backward(model, (float)scale));
       loss_sum += loss / accum;
