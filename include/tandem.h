@@ -57,6 +57,12 @@ typedef enum {
                                    communicator was aborted               */
   TDM_ERR_FORMAT = 13,          /* a file's contents are corrupt,
                                    truncated or inconsistent              */
+  TDM_ERR_TIMEOUT = 14,         /* a collective did not finish within
+                                   TANDEM_TIMEOUT (0.4): a rank stalled,
+                                   died or called another collective; the
+                                   job cannot go on (tdm_abort)           */
+  TDM_ERR_NONFINITE = 15,       /* a gradient is inf or NaN and
+                                   TANDEM_NONFINITE=error (0.4)           */
   TDM_NUM_STATUSES
 } tdm_status;
 
@@ -178,6 +184,16 @@ typedef enum {
                                      MPI on the host                       */
 } tdm_gpu_collectives;
 
+/* What tdm_step does when a gradient is inf or NaN (0.4).  fp16 runs
+ * always skip such a step through their loss scaler. */
+typedef enum {
+  TDM_NONFINITE_OFF = 0,   /* nothing is checked (no extra pass)           */
+  TDM_NONFINITE_WARN = 1,  /* logs the first such parameter, steps anyway  */
+  TDM_NONFINITE_SKIP = 2,  /* logs it and skips the step, as fp16 does     */
+  TDM_NONFINITE_ERROR = 3  /* TDM_ERR_NONFINITE naming the parameter; the
+                              step is not taken                           */
+} tdm_nonfinite;
+
 /* Marks an option field the caller leaves to environment / file / default. */
 #define TDM_UNSET (-1)
 
@@ -240,13 +256,26 @@ typedef struct tdm_options {
   int gpu_collectives;     /* tdm_gpu_collectives; env
                               TANDEM_GPU_COLLECTIVES (auto, nccl, mpi,
                               staged); default auto                       */
+  /* Resilience (0.4). */
+  int timeout;             /* seconds any collective may wait before it
+                              fails with TDM_ERR_TIMEOUT, naming the
+                              ranks it waits for; 0: wait forever; env
+                              TANDEM_TIMEOUT; default 600                 */
+  int nonfinite;           /* tdm_nonfinite: what tdm_step does with inf
+                              or NaN gradients outside fp16 (whose loss
+                              scaler skips the step); env
+                              TANDEM_NONFINITE (off, warn, skip, error);
+                              default off                                 */
+  int dump_on_signal;      /* 1: SIGUSR2 dumps each rank's last
+                              collectives (the flight recorder) to its
+                              log; env TANDEM_DUMP_ON_SIGNAL; default 0   */
 } tdm_options;
 
 #define TDM_OPTIONS_INIT                                                 \
   { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
-    TDM_UNSET, TDM_UNSET }
+    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 
@@ -320,6 +349,21 @@ tdm_status tdm_log(const tdm_context *ctx, tdm_log_level level,
  * every rank and clears it. */
 tdm_status tdm_set_trigger(tdm_context *ctx);
 tdm_status tdm_check_trigger(tdm_context *ctx, int *triggered);
+
+/* Collective, at a step boundary (0.4): *stop is 1 on every rank once any
+ * rank received SIGUSR1 or SIGTERM -- what Slurm sends before it preempts
+ * a job (#SBATCH --signal=USR1@120, scancel --signal) -- so that all
+ * ranks save a checkpoint at the same step and exit, with
+ * TDM_EXIT_REQUEUE where the job should run again.  The first call
+ * installs the handlers, only for signals whose action is still the
+ * default; a second signal then terminates as usual.  Cost: one 8-byte
+ * allreduce. */
+tdm_status tdm_should_stop(tdm_context *ctx, int *stop);
+
+/* The exit status of a trainer that stopped early on a signal after
+ * saving its checkpoint: sysexits.h's EX_TEMPFAIL, "try again later".
+ * examples/slurm/train.sbatch requeues the job on it. */
+#define TDM_EXIT_REQUEUE 75
 
 /* ---- random numbers ------------------------------------------------------- */
 

@@ -128,12 +128,18 @@ static tdm_status init_on(MPI_Comm parent, const tdm_options *options,
   TDMI_TRY(tdmi_context_create(parent, &ctx));
   tdm_status st = setup(ctx, options, out, fn);
   int registered = st == TDM_SUCCESS;
+  /* Every rank joins the watchdog's communicator, even one whose setup
+   * failed, so that the agreement below runs under its deadline. */
+  tdm_status watched = tdmi_watch_create(ctx);
+  if (st == TDM_SUCCESS)
+    st = watched;
   st = tdmi_agree(ctx->comm, st, fn);
   if (st == TDM_SUCCESS)
     st = join_nccl(ctx); /* every rank returns its outcome */
   if (st != TDM_SUCCESS) {
     if (registered)
       tdmi_context_unregister(ctx);
+    tdmi_watch_destroy(ctx);
     tdmi_context_destroy(ctx);
     return st;
   }
@@ -208,9 +214,16 @@ tdm_status tdm_finalize(tdm_context *ctx) {
   if (ctx->main_first_open[TDM_SCOPE_GLOBAL] ||
       ctx->main_first_open[TDM_SCOPE_LOCAL])
     tdmi_log(ctx, TDM_LOG_WARN, "tdm_finalize: a main-first section is open");
+  /* After a timeout the communicators hold collectives that never end:
+   * freeing them, or finalizing MPI, could wait forever. */
+  if (tdmi_watch_broken(ctx))
+    return tdmi_error(TDM_ERR_TIMEOUT, "tdm_finalize: a collective timed "
+                      "out earlier; MPI cannot be finalized cleanly (call "
+                      "tdm_abort)");
   tdmi_log(ctx, TDM_LOG_INFO, "tdm_finalize");
   int left = tdmi_context_unregister(ctx);
   tdmi_nccl_destroy(ctx->nccl);
+  tdmi_watch_destroy(ctx);
   tdmi_context_destroy(ctx);
   return release_mpi(left);
 }
@@ -218,6 +231,10 @@ tdm_status tdm_finalize(tdm_context *ctx) {
 tdm_status tdm_abort(tdm_context *ctx, int exit_code) {
   TDMI_CHECK_CTX(ctx, "tdm_abort");
   tdmi_log(ctx, TDM_LOG_WARN, "tdm_abort(%d)", exit_code);
+  /* The other survivors of a timeout log their diagnosis first. */
+  tdmi_watch_settle(ctx);
+  if (ctx->nccl)
+    tdmi_nccl_abort(ctx->nccl, "tdm_abort", 0.0);
   int rc = MPI_Abort(ctx->comm, exit_code);
   return tdmi_mpi_error(rc, "tdm_abort: MPI_Abort");
 }

@@ -11,7 +11,11 @@
  * TANDEM_MIXED_PRECISION=bf16 or fp16 runs the same binary on 16-bit
  * compute copies with f32 master weights; TANDEM_ZERO_STAGE=1, 2 or 3
  * shards optimizer state, gradients and parameters (the model fetches
- * each layer before use, so every stage runs it unchanged). */
+ * each layer before use, so every stage runs it unchanged).
+ * SIGUSR1 or SIGTERM to any rank (Slurm's warning before preemption)
+ * stops every rank at the same step: with --save-dir it saves a
+ * checkpoint there first, and exits with TDM_EXIT_REQUEUE (75), so that
+ * examples/slurm/train.sbatch requeues the job to resume from it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,12 +25,18 @@
 #define BATCH_PER_RANK 32
 #define DATASET 8192
 
+static tdm_context *ctx;
+
+/* Errors are collective: every rank reports the same one and exits --
+ * except a timeout, after which only tdm_abort ends the stalled ranks. */
 #define TRY(call)                                                        \
   do {                                                                   \
     tdm_status st_ = (call);                                             \
     if (st_ != TDM_SUCCESS) {                                            \
       fprintf(stderr, "%s: %s: %s\n", #call, tdm_status_string(st_),     \
               tdm_last_error());                                         \
+      if (st_ == TDM_ERR_TIMEOUT)                                        \
+        tdm_abort(ctx, 1);                                               \
       exit(1);                                                           \
     }                                                                    \
   } while (0)
@@ -63,7 +73,6 @@ static int parse(int argc, char **argv, args *a) {
 }
 
 int main(int argc, char **argv) {
-  tdm_context *ctx;
   tdm_engine *engine;
   tdm_optimizer *opt;
   mlp_model model;
@@ -110,7 +119,8 @@ int main(int argc, char **argv) {
   }
   double scale, loss, step_loss = 0, mean_loss = 0, first_loss = at.first_loss;
   long micro = at.micro, skipped = at.skipped;
-  for (int step = at.step; step < steps;) {
+  int stop = 0, step;
+  for (step = at.step; step < steps && !stop;) {
     /* This rank's slice of the next global micro-batch. */
     long first = (micro++ * size + rank) * BATCH_PER_RANK % DATASET;
     int boundary;
@@ -134,12 +144,23 @@ int main(int argc, char **argv) {
       TRY(tdm_print(ctx, "step %4d  loss %.6f\n", step, mean_loss));
     step_loss = 0;
     step++;
-    if (a.save_dir && step % a.save_every == 0) {
+    TRY(tdm_should_stop(ctx, &stop)); /* a signal on any rank */
+    if (a.save_dir && (step % a.save_every == 0 || stop)) {
       at = (progress){micro, skipped, step, first_loss};
       ck.user_data = &at;
       ck.user_bytes = sizeof at;
       TRY(tdm_save_state(engine, opt, a.save_dir, &ck));
     }
+  }
+  if (stop) {
+    TRY(tdm_print(ctx, "mlp: stopped by signal at step %d%s\n", step,
+                  a.save_dir ? ", checkpoint saved" : ""));
+    TRY(tdm_optimizer_destroy(opt));
+    TRY(tdm_engine_destroy(engine));
+    TRY(tdm_finalize(ctx));
+    free(x);
+    free(y);
+    return TDM_EXIT_REQUEUE;
   }
   /* The main job doubles as a check: training must have worked. */
   int learned = mean_loss < 0.25 * first_loss;

@@ -93,12 +93,12 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
 }
 
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
-                    MPI_Op op) {
+                    MPI_Op op, const char *what) {
   TDMI_TRY(check_bucket(count, dtype));
-  int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)count,
-                         tdmi_mpi_move_type(dtype), op, comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Allreduce (bucket)");
+  MPI_Request req;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count,
+                          tdmi_mpi_move_type(dtype), op, comm, &req);
+  return tdmi_watched(comm, rc, &req, what, count * tdmi_dtype_size(dtype));
 }
 
 tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
@@ -112,13 +112,12 @@ tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
 }
 
 tdm_status tdmi_reduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
-                               tdm_dtype dtype, MPI_Op op) {
+                               tdm_dtype dtype, MPI_Op op, const char *what) {
   TDMI_TRY(check_bucket(chunk, dtype));
-  int rc = MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
-                                    tdmi_mpi_move_type(dtype), op, comm);
-  return rc == MPI_SUCCESS
-             ? TDM_SUCCESS
-             : tdmi_mpi_error(rc, "MPI_Reduce_scatter_block (bucket)");
+  MPI_Request req;
+  int rc = MPI_Ireduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
+                                     tdmi_mpi_move_type(dtype), op, comm, &req);
+  return tdmi_watched(comm, rc, &req, what, chunk * tdmi_dtype_size(dtype));
 }
 
 static tdm_status check_bytes(size_t bytes) {
@@ -140,44 +139,35 @@ tdm_status tdmi_iallgather_bytes(MPI_Comm comm, const void *send, void *recv,
 tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
                                 size_t bytes) {
   TDMI_TRY(check_bytes(bytes));
-  int rc = MPI_Allgather(send ? send : MPI_IN_PLACE, (int)bytes, MPI_BYTE,
-                         recv, (int)bytes, MPI_BYTE, comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Allgather (shards)");
+  MPI_Request req;
+  int rc = MPI_Iallgather(send ? send : MPI_IN_PLACE, (int)bytes, MPI_BYTE,
+                          recv, (int)bytes, MPI_BYTE, comm, &req);
+  return tdmi_watched(comm, rc, &req, "shard allgather", bytes);
 }
 
 tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes) {
   TDMI_TRY(check_bytes(bytes));
-  int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)bytes, MPI_BYTE, MPI_BOR,
-                         comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Allreduce (bitwise or)");
+  MPI_Request req;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)bytes, MPI_BYTE, MPI_BOR,
+                          comm, &req);
+  return tdmi_watched(comm, rc, &req, "allreduce (bitwise or of shards)",
+                      bytes);
 }
 
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n) {
-  int rc = MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Allreduce (partial sums)");
-}
-
-tdm_status tdmi_test(MPI_Request *req, int *done) {
-  int rc = MPI_Test(req, done, MPI_STATUS_IGNORE);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Test (bucket)");
-}
-
-tdm_status tdmi_wait(MPI_Request *req) {
-  int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "MPI_Wait (bucket)");
+  MPI_Request req;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, comm,
+                          &req);
+  return tdmi_watched(comm, rc, &req, "allreduce (partial sums)",
+                      (size_t)n * sizeof *values);
 }
 
 tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root) {
   for (size_t off = 0; off < bytes; off += BCAST_CHUNK) {
     size_t n = bytes - off < BCAST_CHUNK ? bytes - off : BCAST_CHUNK;
-    int rc = MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, comm);
-    if (rc != MPI_SUCCESS)
-      return tdmi_mpi_error(rc, "MPI_Bcast");
+    MPI_Request req;
+    int rc = MPI_Ibcast((char *)buf + off, (int)n, MPI_BYTE, root, comm, &req);
+    TDMI_TRY(tdmi_watched(comm, rc, &req, "broadcast", n));
   }
   return TDM_SUCCESS;
 }

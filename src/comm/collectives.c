@@ -63,10 +63,11 @@ static tdm_status allreduce_native(tdm_context *ctx, const void *send,
     size_t n = count - off < MPI_CHUNK ? count - off : MPI_CHUNK;
     const void *s = send == recv ? MPI_IN_PLACE
                                  : (const char *)send + off * esize;
-    int rc = MPI_Allreduce(s, (char *)recv + off * esize, (int)n,
-                           tdmi_mpi_move_type(dtype), mpi_op(op), ctx->comm);
-    if (rc != MPI_SUCCESS)
-      return tdmi_mpi_error(rc, "tdm_allreduce: MPI_Allreduce");
+    MPI_Request req;
+    int rc = MPI_Iallreduce(s, (char *)recv + off * esize, (int)n,
+                            tdmi_mpi_move_type(dtype), mpi_op(op), ctx->comm,
+                            &req);
+    TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_allreduce", n * esize));
   }
   if (op == TDM_MEAN)
     divide_by(dtype, recv, count, ctx->size);
@@ -84,12 +85,12 @@ static tdm_status allreduce_half(tdm_context *ctx, const uint16_t *send,
   for (size_t off = 0; off < count && st == TDM_SUCCESS; off += chunk) {
     size_t n = count - off < chunk ? count - off : chunk;
     tdmi_half_to_f32(dtype, send + off, wide, n);
-    int rc = MPI_Allreduce(MPI_IN_PLACE, wide, (int)n, MPI_FLOAT, mpi_op(op),
-                           ctx->comm);
-    if (rc != MPI_SUCCESS) {
-      st = tdmi_mpi_error(rc, "tdm_allreduce: MPI_Allreduce");
+    MPI_Request req;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, wide, (int)n, MPI_FLOAT, mpi_op(op),
+                            ctx->comm, &req);
+    st = tdmi_watched(ctx->comm, rc, &req, "tdm_allreduce", n * sizeof *wide);
+    if (st != TDM_SUCCESS)
       break;
-    }
     if (op == TDM_MEAN)
       divide_by(TDM_F32, wide, n, ctx->size);
     tdmi_f32_to_half(dtype, wide, recv + off, n);
@@ -129,10 +130,10 @@ tdm_status tdm_broadcast(tdm_context *ctx, void *buf, size_t count,
   size_t esize = tdmi_dtype_size(dtype);
   for (size_t off = 0; off < count; off += MPI_CHUNK) {
     size_t n = count - off < MPI_CHUNK ? count - off : MPI_CHUNK;
-    int rc = MPI_Bcast((char *)buf + off * esize, (int)n,
-                       tdmi_mpi_move_type(dtype), root, ctx->comm);
-    if (rc != MPI_SUCCESS)
-      return tdmi_mpi_error(rc, "tdm_broadcast: MPI_Bcast");
+    MPI_Request req;
+    int rc = MPI_Ibcast((char *)buf + off * esize, (int)n,
+                        tdmi_mpi_move_type(dtype), root, ctx->comm, &req);
+    TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_broadcast", n * esize));
   }
   return TDM_SUCCESS;
 }
@@ -149,9 +150,10 @@ tdm_status tdm_allgather(tdm_context *ctx, const void *send, void *recv,
   tdmi_signature sig = {TDMI_COLL_ALLGATHER, dtype, -1, TDMI_NO_ROOT, count};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   MPI_Datatype t = tdmi_mpi_move_type(dtype);
-  int rc = MPI_Allgather(send, (int)count, t, recv, (int)count, t, ctx->comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "tdm_allgather: MPI_Allgather");
+  MPI_Request req;
+  int rc = MPI_Iallgather(send, (int)count, t, recv, (int)count, t, ctx->comm,
+                          &req);
+  return tdmi_watched(ctx->comm, rc, &req, "tdm_allgather", bytes);
 }
 
 tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
@@ -168,10 +170,10 @@ tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
   tdmi_signature sig = {TDMI_COLL_GATHER, dtype, -1, root, count};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   MPI_Datatype t = tdmi_mpi_move_type(dtype);
-  int rc = MPI_Gather(send, (int)count, t, recv, (int)count, t, root,
-                      ctx->comm);
-  return rc == MPI_SUCCESS ? TDM_SUCCESS
-                           : tdmi_mpi_error(rc, "tdm_gather: MPI_Gather");
+  MPI_Request req;
+  int rc = MPI_Igather(send, (int)count, t, recv, (int)count, t, root,
+                       ctx->comm, &req);
+  return tdmi_watched(ctx->comm, rc, &req, "tdm_gather", bytes);
 }
 
 /* ---- reduce-scatter ---- */
@@ -185,17 +187,18 @@ static tdm_status reduce_scatter_half(tdm_context *ctx, const uint16_t *send,
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_reduce_scatter: out of memory");
   float *mine = wide + total;
   tdmi_half_to_f32(dtype, send, wide, total);
-  int rc = MPI_Reduce_scatter_block(wide, mine, (int)recv_count, MPI_FLOAT,
-                                    mpi_op(op), ctx->comm);
-  if (rc == MPI_SUCCESS) {
+  MPI_Request req;
+  int rc = MPI_Ireduce_scatter_block(wide, mine, (int)recv_count, MPI_FLOAT,
+                                     mpi_op(op), ctx->comm, &req);
+  tdm_status st = tdmi_watched(ctx->comm, rc, &req, "tdm_reduce_scatter",
+                               total * sizeof *wide);
+  if (st == TDM_SUCCESS) {
     if (op == TDM_MEAN)
       divide_by(TDM_F32, mine, recv_count, ctx->size);
     tdmi_f32_to_half(dtype, mine, recv, recv_count);
   }
   free(wide);
-  return rc == MPI_SUCCESS
-             ? TDM_SUCCESS
-             : tdmi_mpi_error(rc, "tdm_reduce_scatter: MPI_Reduce_scatter_block");
+  return st;
 }
 
 tdm_status tdm_reduce_scatter(tdm_context *ctx, const void *send, void *recv,
@@ -213,11 +216,12 @@ tdm_status tdm_reduce_scatter(tdm_context *ctx, const void *send, void *recv,
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   if (is_half(dtype))
     return reduce_scatter_half(ctx, send, recv, recv_count, dtype, op);
-  int rc = MPI_Reduce_scatter_block(send, recv, (int)recv_count,
-                                    tdmi_mpi_move_type(dtype), mpi_op(op),
-                                    ctx->comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "tdm_reduce_scatter: MPI_Reduce_scatter_block");
+  MPI_Request req;
+  int rc = MPI_Ireduce_scatter_block(send, recv, (int)recv_count,
+                                     tdmi_mpi_move_type(dtype), mpi_op(op),
+                                     ctx->comm, &req);
+  TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_reduce_scatter",
+                        bytes * (size_t)ctx->size));
   if (op == TDM_MEAN)
     divide_by(dtype, recv, recv_count, ctx->size);
   return TDM_SUCCESS;

@@ -16,6 +16,7 @@ typedef enum {
   TDMI_COLL_BARRIER,
   TDMI_COLL_MAIN_FIRST,
   TDMI_COLL_TRIGGER,
+  TDMI_COLL_SHOULD_STOP,
   TDMI_NUM_COLLS
 } tdmi_coll;
 
@@ -79,13 +80,13 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
 /* The same, blocking: the communication thread's call, since MPI's
  * blocking allreduce is its fastest algorithm. */
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
-                    MPI_Op op);
+                    MPI_Op op, const char *what);
 /* Starts an in-place reduce-scatter: buf holds size * chunk elements;
  * the sum of this rank's chunk lands in buf[0, chunk). */
 tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
                                 tdm_dtype dtype, MPI_Op op, MPI_Request *req);
 tdm_status tdmi_reduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
-                               tdm_dtype dtype, MPI_Op op);
+                               tdm_dtype dtype, MPI_Op op, const char *what);
 /* All-gather of bytes per rank into recv (size * bytes): from send, or
  * in place (send NULL) from recv + rank * bytes. */
 tdm_status tdmi_iallgather_bytes(MPI_Comm comm, const void *send, void *recv,
@@ -97,8 +98,6 @@ tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
 tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes);
 /* In-place sum of n doubles over comm, blocking. */
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n);
-tdm_status tdmi_test(MPI_Request *req, int *done);
-tdm_status tdmi_wait(MPI_Request *req);
 /* Broadcasts bytes from root, in chunks that fit MPI's int count. */
 tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root);
 
@@ -170,6 +169,40 @@ tdm_status tdmi_nccl_bcast_bytes(tdmi_nccl *n, void *buf, size_t bytes,
  * through mpi-ext.h at run time), else 0.  After MPI_Init; prints nothing.
  * (async.c) */
 int tdmi_mpi_cuda_aware(void);
+
+/* ---- the watchdog and flight recorder (watch.c) ---- */
+
+typedef struct tdmi_watch tdmi_watch;
+/* Collective over ctx->comm: the side communicator the diagnosis uses,
+ * attached to ctx->comm and ctx->local_comm (and so to their
+ * duplicates). */
+tdm_status tdmi_watch_create(tdm_context *ctx);
+void tdmi_watch_destroy(tdm_context *ctx);
+/* The watch of comm, or NULL (a communicator tandem does not own). */
+tdmi_watch *tdmi_watch_of(MPI_Comm comm);
+/* Whether a collective of ctx timed out: the job cannot go on. */
+int tdmi_watch_broken(const tdm_context *ctx);
+/* TDM_ERR_TIMEOUT when comm's context is broken, naming what. */
+tdm_status tdmi_watch_check(MPI_Comm comm, const char *what);
+/* Records a collective on comm that starts now (what: its description,
+ * e.g. "tdm_allreduce" or "bucket 3 allreduce"); returns its sequence
+ * number for the calls below (0 when comm has no watch). */
+uint64_t tdmi_flight_begin(MPI_Comm comm, const char *what, size_t bytes);
+/* Waits for req under the deadline: TDM_ERR_TIMEOUT with the diagnosis
+ * (which ranks did not answer, which wait in another collective);
+ * TDM_ERR_MPI naming what when MPI fails. */
+tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
+                           const char *what);
+/* One MPI_Test of req, answering the other ranks' queries. */
+tdm_status tdmi_watch_test(MPI_Comm comm, MPI_Request *req, uint64_t seq,
+                           int *done, const char *what);
+/* A non-blocking collective just started (rc is the start's return) run
+ * to completion under the watchdog: the blocking collectives' body. */
+tdm_status tdmi_watched(MPI_Comm comm, int rc, MPI_Request *req,
+                        const char *what, size_t bytes);
+/* tdm_abort after a timeout: waits at most a few seconds for the ranks
+ * that answered to finish their own diagnosis. */
+void tdmi_watch_settle(tdm_context *ctx);
 
 /* Runs a local argument check unless an earlier one already failed: the
  * first failure is kept so it can take part in tdmi_coll_enter. */

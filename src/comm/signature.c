@@ -8,7 +8,7 @@
 static const char *const coll_names[TDMI_NUM_COLLS] = {
     "allreduce", "broadcast", "allgather", "gather", "reduce_scatter",
     "pad_across_processes", "gather_for_metrics", "barrier", "main_first",
-    "check_trigger"};
+    "check_trigger", "should_stop"};
 
 static int describe(const tdmi_signature *s, char *out, size_t cap) {
   const char *coll = (unsigned)s->coll < TDMI_NUM_COLLS ? coll_names[s->coll]
@@ -62,17 +62,19 @@ tdm_status tdmi_coll_enter(tdm_context *ctx, const char *fn,
   sig_record *all = malloc(sizeof *all * (size_t)ctx->size);
   if (!all)
     return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", fn);
-  int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all,
-                         (int)sizeof mine, MPI_BYTE, ctx->comm);
+  MPI_Request req;
+  int rc = MPI_Iallgather(&mine, (int)sizeof mine, MPI_BYTE, all,
+                          (int)sizeof mine, MPI_BYTE, ctx->comm, &req);
+  tdm_status got = tdmi_watched(ctx->comm, rc, &req, fn, sizeof mine);
   tdm_status st = local;
   int bad = -1, differ = 0;
-  for (int r = 0; rc == MPI_SUCCESS && r < ctx->size; r++) {
+  for (int r = 0; got == TDM_SUCCESS && r < ctx->size; r++) {
     if (all[r].status != TDM_SUCCESS && bad < 0)
       bad = r;
     differ |= !same(&all[r].sig, &all[0].sig);
   }
-  if (rc != MPI_SUCCESS)
-    st = tdmi_mpi_error(rc, "MPI_Allgather (TANDEM_DEBUG signature)");
+  if (got != TDM_SUCCESS)
+    st = got;
   else if (bad >= 0) /* every rank saw it: all agree on one status */
     st = tdmi_agree(ctx->comm, local, fn);
   else if (differ)
@@ -91,20 +93,26 @@ tdm_status tdmi_agree(MPI_Comm comm, tdm_status local, const char *what) {
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
   int failing = local == TDM_SUCCESS ? size : rank, first = size;
-  int rc = MPI_Allreduce(&failing, &first, 1, MPI_INT, MPI_MIN, comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "MPI_Allreduce (agreement)");
+  /* Whatever failed locally, a timeout of this agreement says more. */
+  char own_error[768];
+  snprintf(own_error, sizeof own_error, "%s", tdm_last_error());
+  MPI_Request req;
+  int rc = MPI_Iallreduce(&failing, &first, 1, MPI_INT, MPI_MIN, comm, &req);
+  TDMI_TRY(tdmi_watched(comm, rc, &req, what, sizeof first));
   if (first == size)
     return TDM_SUCCESS;
   char msg[768] = "", own[768] = "";
   int status = local;
   if (local != TDM_SUCCESS)
-    snprintf(rank == first ? msg : own, sizeof msg, "%s", tdm_last_error());
-  MPI_Bcast(&status, 1, MPI_INT, first, comm);
-  rc = MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
-  if (rc != MPI_SUCCESS)
-    return local != TDM_SUCCESS ? local
-                                : tdmi_mpi_error(rc, "MPI_Bcast (agreement)");
+    snprintf(rank == first ? msg : own, sizeof msg, "%s", own_error);
+  MPI_Request reqs[2];
+  MPI_Ibcast(&status, 1, MPI_INT, first, comm, &reqs[0]);
+  rc = MPI_Ibcast(msg, (int)sizeof msg, MPI_CHAR, first, comm, &reqs[1]);
+  tdm_status st = tdmi_watched(comm, MPI_SUCCESS, &reqs[0], what, sizeof status);
+  if (st == TDM_SUCCESS)
+    st = tdmi_watched(comm, rc, &reqs[1], what, sizeof msg);
+  if (st != TDM_SUCCESS)
+    return st;
   /* the message names the call; else what the ranks were agreeing on */
   size_t wl = strlen(what);
   int names_call = strncmp(msg, what, wl) == 0 && msg[wl] == ':';

@@ -57,10 +57,10 @@ tdm_status tdm_pad_across_processes(tdm_context *ctx, const void *send,
   tdmi_signature sig = {TDMI_COLL_PAD, dtype, -1, TDMI_NO_ROOT, TDMI_ANY_COUNT};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   unsigned long long mine = count, max = 0;
-  int rc = MPI_Allreduce(&mine, &max, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX,
-                         ctx->comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "tdm_pad_across_processes: MPI_Allreduce");
+  MPI_Request req;
+  int rc = MPI_Iallreduce(&mine, &max, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX,
+                          ctx->comm, &req);
+  TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, fn, sizeof max));
   *out_count = (size_t)max;
   if (!recv)
     return TDM_SUCCESS;
@@ -78,9 +78,11 @@ tdm_status tdm_pad_across_processes(tdm_context *ctx, const void *send,
 static tdm_status exchange_counts(tdm_context *ctx, size_t valid, int *counts,
                                   int *displs, size_t *total) {
   int mine = (int)valid;
-  int rc = MPI_Allgather(&mine, 1, MPI_INT, counts, 1, MPI_INT, ctx->comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "tdm_gather_for_metrics: MPI_Allgather");
+  MPI_Request req;
+  int rc = MPI_Iallgather(&mine, 1, MPI_INT, counts, 1, MPI_INT, ctx->comm,
+                          &req);
+  TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_gather_for_metrics",
+                        sizeof mine));
   *total = 0;
   for (int r = 0; r < ctx->size; r++) {
     if (*total > INT_MAX)
@@ -121,10 +123,11 @@ tdm_status tdm_gather_for_metrics(tdm_context *ctx, const void *send,
   }
   if (st == TDM_SUCCESS && recv) {
     MPI_Datatype t = tdmi_mpi_move_type(dtype);
-    int rc = MPI_Allgatherv(send, (int)valid_count, t, recv, counts, displs, t,
-                            ctx->comm);
-    if (rc != MPI_SUCCESS)
-      st = tdmi_mpi_error(rc, "tdm_gather_for_metrics: MPI_Allgatherv");
+    MPI_Request req;
+    int rc = MPI_Iallgatherv(send, (int)valid_count, t, recv, counts, displs,
+                             t, ctx->comm, &req);
+    st = tdmi_watched(ctx->comm, rc, &req, fn,
+                      total * tdmi_dtype_size(dtype));
   }
   free(counts);
   return st;

@@ -227,7 +227,10 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
                       c->offload,
                       c->zero3_prefetch_bytes,
                       c->zero3_persistence_threshold,
-                      c->gpu_collectives};
+                      c->gpu_collectives,
+                      c->timeout,
+                      c->nonfinite,
+                      c->dump_on_signal};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

@@ -55,6 +55,9 @@ typedef struct {
   int zero3_prefetch_bytes;
   int zero3_persistence_threshold; /* elements */
   int gpu_collectives; /* tdm_gpu_collectives */
+  int timeout;       /* seconds; 0: none */
+  int nonfinite;     /* tdm_nonfinite */
+  int dump_on_signal;
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */
@@ -78,6 +81,8 @@ struct tdm_context {
   int main_first_open[2]; /* indexed by tdm_scope */
   void *nccl;          /* the comm layer's NCCL communicator over comm
                           (device cuda with NCCL), else NULL           */
+  struct tdmi_watch *watch; /* the comm layer's watchdog (watch.c)       */
+  int stop_agreed;     /* tdm_should_stop said stop                     */
 };
 
 /* Duplicates parent and reads the topology (collective over parent). */

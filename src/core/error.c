@@ -3,7 +3,7 @@
 
 #include "core.h"
 
-static _Thread_local char last_error[1024];
+static _Thread_local char last_error[2048]; /* room for a diagnosis */
 
 static const char *const status_names[TDM_NUM_STATUSES] = {
     [TDM_SUCCESS] = "TDM_SUCCESS: no error",
@@ -22,6 +22,9 @@ static const char *const status_names[TDM_NUM_STATUSES] = {
     [TDM_ERR_NCCL] = "TDM_ERR_NCCL: an NCCL call failed or timed out",
     [TDM_ERR_FORMAT] = "TDM_ERR_FORMAT: corrupt, truncated or inconsistent "
                        "file",
+    [TDM_ERR_TIMEOUT] = "TDM_ERR_TIMEOUT: a collective timed out (a rank "
+                        "stalled, died or called another collective)",
+    [TDM_ERR_NONFINITE] = "TDM_ERR_NONFINITE: a gradient is inf or NaN",
 };
 
 const char *tdm_status_string(tdm_status status) {

@@ -55,6 +55,8 @@ ENUM_NAMES(isa_names, "auto, generic, avx2 or avx512", "auto", "generic",
 ENUM_NAMES(stage_names, "0, 1, 2 or 3", "0", "1", "2", "3");
 ENUM_NAMES(gpu_coll_names, "auto, nccl, mpi or staged", "auto", "nccl",
            "mpi", "staged");
+ENUM_NAMES(nonfinite_names, "off, warn, skip or error", "off", "warn",
+           "skip", "error");
 ENUM_NAMES(offload_names, "none, optimizer or params", "none", "optimizer",
            "params");
 
@@ -103,6 +105,12 @@ static const setting settings[] = {
     {"gpu_collectives", "TANDEM_GPU_COLLECTIVES", KIND_ENUM,
      offsetof(tdmi_config, gpu_collectives), API_FIELD(gpu_collectives),
      &gpu_coll_names},
+    {"timeout", "TANDEM_TIMEOUT", KIND_INDEX, offsetof(tdmi_config, timeout),
+     API_FIELD(timeout), NULL},
+    {"nonfinite", "TANDEM_NONFINITE", KIND_ENUM,
+     offsetof(tdmi_config, nonfinite), API_FIELD(nonfinite), &nonfinite_names},
+    {"dump_on_signal", "TANDEM_DUMP_ON_SIGNAL", KIND_BOOL,
+     offsetof(tdmi_config, dump_on_signal), API_FIELD(dump_on_signal), NULL},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -324,7 +332,7 @@ tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
                      25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO,
                      TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO,
                      0, TDM_OFFLOAD_NONE, 50 << 20, 100000,
-                     TDM_GPU_COLLECTIVES_AUTO};
+                     TDM_GPU_COLLECTIVES_AUTO, 600, TDM_NONFINITE_OFF, 0};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);

@@ -36,7 +36,10 @@ static tdm_status ddp_reduce(tdm_engine *e, tdmi_bucket *b) {
   void *buf;
   TDMI_TRY(tdmi_wire_open(e, b, bucket_grad(e, b), &buf));
   count_traffic(e, b);
-  return tdmi_sum(e->comm, buf, b->count, b->wire_dtype, tdmi_wire_op(e, b));
+  char what[48];
+  snprintf(what, sizeof what, "bucket %d allreduce", b->reduce.bucket);
+  return tdmi_sum(e->comm, buf, b->count, b->wire_dtype, tdmi_wire_op(e, b),
+                  what);
 }
 
 /* A compressed bucket's sum back into its gradients. */

@@ -69,6 +69,9 @@ typedef struct {
   size_t host_bytes;    /* staged: its size                             */
   void *device;         /* staged: where the result goes back, or NULL  */
   size_t back_bytes;    /* staged: how many bytes go back               */
+  int bucket;           /* whose collective (the flight recorder's name) */
+  MPI_Comm comm;        /* MPI: the channel's communicator              */
+  uint64_t flight;      /* MPI: its flight-recorder entry               */
 } tdmi_xfer;
 
 typedef struct {

@@ -95,6 +95,7 @@ static int assign(tdm_engine *e) {
       b->module = e->stage == 3 ? p->module : -1;
       tdmi_xfer_init(&b->reduce);
       tdmi_xfer_init(&b->gather);
+      b->reduce.bucket = b->gather.bucket = nb - 1;
       if (e->stage == 3 && e->modules[p->module].nbuckets++ == 0)
         e->modules[p->module].bucket_first = nb - 1;
     }

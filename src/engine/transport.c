@@ -6,6 +6,7 @@
  * on pinned host copies (staged).  Each channel has its own MPI and NCCL
  * communicators, so reductions and ZeRO-3 gathers never depend on each
  * other's order across ranks. */
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -101,6 +102,7 @@ void tdmi_xport_close(tdm_engine *e) {
 void tdmi_xfer_init(tdmi_xfer *x) {
   memset(x, 0, sizeof *x);
   x->request = MPI_REQUEST_NULL;
+  x->comm = MPI_COMM_NULL;
 }
 
 /* Staged: the pinned copy goes once the collective is over. */
@@ -113,10 +115,16 @@ static void release_host(tdm_engine *e, tdmi_xfer *x) {
 }
 
 void tdmi_xfer_free(tdm_engine *e, tdmi_xfer *x) {
-  tdmi_xfer_wait(e, x); /* nothing is freed under a collective */
+  int bucket = x->bucket;
+  /* Nothing is freed under a collective -- unless one timed out: then
+   * it never ends, and the job is over anyway. */
+  if (!tdmi_watch_broken(e->ctx))
+    tdmi_xfer_wait(e, x);
   tdmi_event_destroy(x->done);
-  release_host(e, x);
+  if (!x->active)
+    release_host(e, x);
   tdmi_xfer_init(x);
+  x->bucket = bucket;
 }
 
 /* ---- starting: the buffer as the transport sees it ---- */
@@ -164,6 +172,15 @@ static tdm_status mpi_begin(tdm_engine *e, tdmi_xfer *x, void **buf,
   return TDM_SUCCESS;
 }
 
+/* The flight recorder's name of x's collective. */
+static void start_flight(tdmi_channel *ch, tdmi_xfer *x, const char *op,
+                         size_t bytes) {
+  char what[64];
+  snprintf(what, sizeof what, "bucket %d %s", x->bucket, op);
+  x->comm = ch->comm;
+  x->flight = tdmi_flight_begin(ch->comm, what, bytes);
+}
+
 static tdm_status mpi_started(tdm_engine *e, tdmi_xfer *x, tdm_status st) {
   x->active = st == TDM_SUCCESS;
   if (!x->active)
@@ -184,6 +201,8 @@ tdm_status tdmi_xfer_sum(tdm_engine *e, tdmi_channel *ch, tdmi_xfer *x,
   }
   if (e->xport != TDMI_XPORT_HOST)
     TDMI_TRY(mpi_begin(e, x, &buf, bytes, bytes));
+  TDMI_TRY(tdmi_watch_check(ch->comm, "bucket allreduce"));
+  start_flight(ch, x, "allreduce", bytes);
   return mpi_started(e, x, tdmi_isum(ch->comm, buf, count, dtype, op,
                                   &x->request));
 }
@@ -205,6 +224,8 @@ tdm_status tdmi_xfer_reduce_scatter(tdm_engine *e, tdmi_channel *ch,
   if (e->xport != TDMI_XPORT_HOST)
     TDMI_TRY(mpi_begin(e, x, &buf, chunk_bytes * (size_t)e->ctx->size,
                        chunk_bytes));
+  TDMI_TRY(tdmi_watch_check(ch->comm, "bucket reduce-scatter"));
+  start_flight(ch, x, "reduce-scatter", chunk_bytes * (size_t)e->ctx->size);
   return mpi_started(e, x, tdmi_ireduce_scatter(ch->comm, buf, chunk, dtype, op,
                                              &x->request));
 }
@@ -220,6 +241,10 @@ tdm_status tdmi_xfer_allgather(tdm_engine *e, tdmi_channel *ch,
   }
   if (e->xport != TDMI_XPORT_HOST)
     TDMI_TRY(mpi_begin(e, x, &recv, total, total));
+  TDMI_TRY(tdmi_watch_check(ch->comm, "bucket allgather"));
+  start_flight(ch, x, ch == &e->gather_ch ? "allgather (ZeRO-3 fetch)"
+                                          : "allgather (updated values)",
+               total);
   return mpi_started(e, x, tdmi_iallgather_bytes(ch->comm, NULL, recv, bytes,
                                               &x->request));
 }
@@ -253,7 +278,8 @@ tdm_status tdmi_xfer_test(tdm_engine *e, tdmi_xfer *x, int *done) {
     TDMI_TRY(tdmi_event_query(x->done, done));
     return *done ? nccl_done(e, x) : TDM_SUCCESS;
   }
-  tdm_status st = tdmi_test(&x->request, done);
+  tdm_status st = tdmi_watch_test(x->comm, &x->request, x->flight, done,
+                                  "bucket collective (MPI_Test)");
   if (st != TDM_SUCCESS) {
     x->active = 0;
     release_host(e, x);
@@ -267,7 +293,8 @@ tdm_status tdmi_xfer_wait(tdm_engine *e, tdmi_xfer *x) {
     return TDM_SUCCESS;
   if (on_nccl(e))
     return nccl_done(e, x);
-  tdm_status st = tdmi_wait(&x->request);
+  tdm_status st = tdmi_watch_wait(x->comm, &x->request, x->flight,
+                                  "bucket collective");
   if (st != TDM_SUCCESS) {
     x->active = 0;
     release_host(e, x);
@@ -289,7 +316,11 @@ tdm_status tdmi_xport_watch(tdm_engine *e, const char *what) {
   if (!ch->watch)
     TDMI_TRY(tdmi_event_create(1, &ch->watch));
   TDMI_TRY(tdmi_event_record(ch->watch, ch->stream));
-  double deadline = seconds_now() + NCCL_WATCH_TIMEOUT_S;
+  /* TANDEM_TIMEOUT, as for MPI; 0 (none) keeps PyTorch's 10 minutes:
+   * an NCCL wait cannot be diagnosed like MPI's. */
+  double limit = e->ctx->config.timeout > 0 ? e->ctx->config.timeout
+                                            : NCCL_WATCH_TIMEOUT_S;
+  double deadline = seconds_now() + limit;
   for (;;) {
     int done = 0;
     TDMI_TRY(tdmi_event_query(ch->watch, &done));
@@ -297,7 +328,7 @@ tdm_status tdmi_xport_watch(tdm_engine *e, const char *what) {
       return TDM_SUCCESS;
     TDMI_TRY(tdmi_nccl_check(ch->nccl, what));
     if (seconds_now() > deadline)
-      return tdmi_nccl_abort(ch->nccl, what, NCCL_WATCH_TIMEOUT_S);
+      return tdmi_nccl_abort(ch->nccl, what, limit);
     struct timespec pause = {0, 50000}; /* between polls, not a sync */
     nanosleep(&pause, NULL);
   }

@@ -43,8 +43,10 @@ static tdm_status zero_launch(tdm_engine *e, tdmi_bucket *b) {
 static tdm_status zero_reduce(tdm_engine *e, tdmi_bucket *b) {
   void *buf = NULL;
   TDMI_TRY(source(e, b, &buf));
+  char what[48];
+  snprintf(what, sizeof what, "bucket %d reduce-scatter", b->reduce.bucket);
   return tdmi_reduce_scatter(e->comm, buf, b->chunk, b->wire_dtype,
-                             tdmi_wire_op(e, b));
+                             tdmi_wire_op(e, b), what);
 }
 
 /* The reduced chunk is where the transport left it (the start of the
