@@ -11,7 +11,9 @@
  * it prints the loss on the held-out text and a sample of generated text.
  * Flags: --steps N, --batch B (rows per rank) or --global-batch G (split
  * over the ranks), --seq-len, --layers, --heads, --channels, --lr,
- * --save-dir DIR --save-every K, --resume DIR, --sample CHARS. */
+ * --save-dir DIR --save-every K, --resume DIR, --sample CHARS.
+ * SIGUSR1 or SIGTERM to any rank stops every rank at the same step, after
+ * a checkpoint in --save-dir, with exit status TDM_EXIT_REQUEUE (75). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +22,18 @@
 
 #include "model.h"
 
+static tdm_session tdm = TDM_SESSION_INIT;
+
+/* Errors are collective: every rank reports the same one and exits --
+ * except a timeout, after which only tdm_abort ends the stalled ranks. */
 #define TRY(call)                                                        \
   do {                                                                   \
     tdm_status st_ = (call);                                             \
     if (st_ != TDM_SUCCESS) {                                            \
       fprintf(stderr, "%s: %s: %s\n", #call, tdm_status_string(st_),     \
               tdm_last_error());                                         \
+      if (st_ == TDM_ERR_TIMEOUT)                                        \
+        tdm_abort(tdm.ctx, 1);                                           \
       exit(1);                                                           \
     }                                                                    \
   } while (0)
@@ -69,7 +77,6 @@ static double now(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static tdm_session tdm = TDM_SESSION_INIT;
 static double in_tandem; /* seconds spent in the loop's tandem calls */
 
 /* A tandem call of the training loop, timed. */
@@ -220,8 +227,8 @@ int main(int argc, char **argv) {
                 step, a.steps));
 
   double t_start = 0, first_loss = 0, mean = 0;
-  int timed_from = step + 3; /* warm-up steps are not timed */
-  for (; step < a.steps; step++) {
+  int timed_from = step + 3, stop = 0; /* warm-up steps are not timed */
+  for (; step < a.steps && !stop; step++) {
     if (step == timed_from) {
       t_start = now();
       in_tandem = 0;
@@ -246,29 +253,35 @@ int main(int argc, char **argv) {
     if (step % 20 == 0 || step == a.steps - 1)
       TRY(tdm_print(tdm.ctx, "step %4d  loss %.4f  grad norm %.3f\n", step,
                     mean, norm));
-    if (a.save_dir && (step + 1) % a.save_every == 0) {
+    TRY(tdm_should_stop(tdm.ctx, &stop)); /* a signal on any rank */
+    if (a.save_dir && ((step + 1) % a.save_every == 0 || stop)) {
       int next = step + 1;
       ck.user_data = &next;
       ck.user_bytes = sizeof next;
       TRY(tdm_save_state(tdm.engine, tdm.optimizer, a.save_dir, &ck));
     }
   }
-  if (step > timed_from) {
+  if (stop) {
+    TRY(tdm_print(tdm.ctx, "gpt: stopped by signal at step %d%s\n", step,
+                  a.save_dir ? ", checkpoint saved" : ""));
+  } else if (step > timed_from) {
     double seconds = now() - t_start, per_step = seconds / (step - timed_from);
     TRY(tdm_print(tdm.ctx, "gpt: %d ranks: %.0f tokens/s, %.1f ms per step, "
                   "%.1f%% of it in tandem's calls (loader, clip, step)\n",
                   tdm.world_size, tokens / per_step, 1e3 * per_step,
                   100 * in_tandem / seconds));
   }
-  TRY(tdm_print(tdm.ctx, "gpt: train loss %.4f -> %.4f\n", first_loss, mean));
-  if (val_l) {
+  if (!stop)
+    TRY(tdm_print(tdm.ctx, "gpt: train loss %.4f -> %.4f\n", first_loss,
+                  mean));
+  if (val_l && !stop) {
     size_t val_rows;
     TRY(tdm_dataset_info(val, &val_rows, NULL, NULL));
     double val_loss = evaluate(model, val_s, val_l, &a);
     TRY(tdm_print(tdm.ctx, "gpt: val loss %.4f (%zu held-out rows)\n",
                   val_loss, val_rows));
   }
-  if (a.sample > 0)
+  if (a.sample > 0 && !stop)
     generate(model, &a);
   tdm_loader_destroy(train_l);
   tdm_sampler_destroy(train_s);
@@ -280,5 +293,5 @@ int main(int argc, char **argv) {
   }
   gpt_destroy(model);
   TRY(tdm_stop(&tdm));
-  return 0;
+  return stop ? TDM_EXIT_REQUEUE : 0;
 }

@@ -211,6 +211,11 @@ tdm_status tdmi_commit_verify(const char *dir) {
   else
     st = tdmi_read_file(marker, MAX_MARKER, &text, &n);
   int version = 0, used = 0;
+  /* A NUL byte ends the text sscanf and strchr see below, so the lines
+   * after it would go unchecked (found by tests/fuzz/fuzz_marker.c). */
+  if (st == TDM_SUCCESS && memchr(text, '\0', n))
+    st = tdmi_error(TDM_ERR_FORMAT, "%s: holds a NUL byte (corrupt)",
+                    marker);
   if (st == TDM_SUCCESS &&
       (sscanf(text, "tandem-checkpoint %d\n%n", &version, &used) != 1 ||
        used == 0 || version != TDMI_CKPT_FORMAT_VERSION))

@@ -295,7 +295,10 @@ static tdm_status index_files(json_t *map, const char *file, char **v,
   json_t *value;
   json_object_foreach(map, tensor, value) {
     const char *f = json_string_value(value);
-    if (!f || !f[0] || strchr(f, '/') || f[0] == '.')
+    /* No '\n' either: load.c passes the files on as "folder/file\n"
+     * lines, and a newline would make a second file outside the folder
+     * (found by tests/fuzz/fuzz_index.c). */
+    if (!f || !f[0] || strpbrk(f, "/\n") || f[0] == '.')
       return tdmi_error(TDM_ERR_FORMAT, "%s: weight_map[\"%s\"] is not a "
                         "plain file name", file, tensor);
     if (listed(v, *n, f))

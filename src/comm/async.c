@@ -12,11 +12,12 @@
 
 #define BCAST_CHUNK ((size_t)1 << 30) /* bytes per MPI_Bcast (< INT_MAX) */
 
-tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out) {
+tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out, const char *name) {
   int rc = MPI_Comm_dup(parent, out);
   if (rc != MPI_SUCCESS)
     return tdmi_mpi_error(rc, "MPI_Comm_dup (engine)");
   MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+  MPI_Comm_set_name(*out, name);
   return TDM_SUCCESS;
 }
 
@@ -152,6 +153,12 @@ tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes) {
                           comm, &req);
   return tdmi_watched(comm, rc, &req, "allreduce (bitwise or of shards)",
                       bytes);
+}
+
+tdm_status tdmi_min_int(MPI_Comm comm, int *value, const char *what) {
+  MPI_Request req;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MIN, comm, &req);
+  return tdmi_watched(comm, rc, &req, what, sizeof *value);
 }
 
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n) {

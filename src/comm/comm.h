@@ -63,8 +63,9 @@ MPI_Datatype tdmi_mpi_move_type(tdm_dtype dtype);
 
 /* ---- the engine's traffic (async.c) ---- */
 
-/* A duplicate of parent that returns errors instead of aborting. */
-tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out);
+/* A duplicate of parent that returns errors instead of aborting, named
+ * (MPI_Comm_set_name) for the watchdog's messages. */
+tdm_status tdmi_comm_dup(MPI_Comm parent, MPI_Comm *out, const char *name);
 void tdmi_comm_free(MPI_Comm *comm);
 /* Whether MPI provides MPI_THREAD_MULTIPLE. */
 int tdmi_thread_multiple(void);
@@ -96,6 +97,8 @@ tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
 /* In-place bitwise OR of bytes over comm: assembles a buffer whose parts
  * each rank filled, the rest being zero bits. */
 tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes);
+/* The smallest value over comm, in place, blocking. */
+tdm_status tdmi_min_int(MPI_Comm comm, int *value, const char *what);
 /* In-place sum of n doubles over comm, blocking. */
 tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n);
 /* Broadcasts bytes from root, in chunks that fit MPI's int count. */

@@ -26,7 +26,8 @@
 
 #define FLIGHT_LEN 64   /* collectives kept per rank                      */
 #define FLIGHT_SHOWN 8  /* of them dumped to stderr (a log file gets all) */
-#define ANSWER_S 3.0    /* how long a timed-out rank waits for answers    */
+#define ANSWER_S 3.0    /* how long a timed-out rank waits for answers
+                           (at most the timeout itself)                   */
 #define SETTLE_S 5.0    /* how long tdm_abort waits for the others' own
                            diagnoses before it brings the job down        */
 #define TAG_QUERY 1
@@ -37,11 +38,16 @@ static const char *const entry_names[] = {"running", "done", "failed",
                                           "TIMED OUT"};
 
 typedef struct {
-  uint64_t seq; /* 0: empty */
+  uint64_t seq;      /* this rank's count of collectives; 0: empty     */
+  uint64_t comm_seq; /* the count on its communicator: the same on
+                        every rank for the same call, whatever threads
+                        interleave                                      */
   char what[80];
+  char comm[32];     /* the communicator's MPI name                    */
   size_t bytes;
-  double start, end;
+  double start, end, wait_start;
   int state;
+  int waiters;       /* threads blocked on it                          */
 } flight_entry;
 
 /* What a rank is doing, as it answers a query. */
@@ -50,10 +56,11 @@ enum { RANK_BUSY, RANK_WAITING, RANK_TIMED_OUT };
 typedef struct {
   int32_t state;
   int32_t pad;
-  uint64_t seq;    /* the collective it waits in; 0: none               */
+  uint64_t seq;    /* the collective it waits in, on its communicator    */
   uint64_t done;   /* collectives finished so far                       */
   double waited;   /* seconds in that wait                              */
-  char what[96];
+  char what[80];
+  char comm[32];
 } answer;
 
 struct tdmi_watch {
@@ -65,8 +72,6 @@ struct tdmi_watch {
   pthread_mutex_t poll; /* one thread answers queries at a time         */
   flight_entry ring[FLIGHT_LEN];
   uint64_t next_seq, finished;
-  uint64_t waiting_seq; /* the wait in progress, 0: none                */
-  double wait_start;
   int state;            /* RANK_*                                       */
   int round;            /* of this rank's queries                       */
   int asking;           /* their payload: the tag to answer with        */
@@ -84,11 +89,16 @@ typedef struct { /* what each rank tells the others at creation */
   char host[64];
 } identity;
 
+static double answer_s(const tdmi_watch *w) {
+  return w->timeout_s < ANSWER_S ? w->timeout_s : ANSWER_S;
+}
+
 static size_t nranks(const tdmi_watch *w) {
   return w->size > 0 ? (size_t)w->size : 1;
 }
 
 static int keyval = MPI_KEYVAL_INVALID;
+static int count_keyval = MPI_KEYVAL_INVALID; /* per communicator, not copied */
 static pthread_mutex_t keyval_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t dump_requested;
 
@@ -180,12 +190,38 @@ static const char *process_state(const tdmi_watch *w, int r) {
   return what;
 }
 
+static int free_count(MPI_Comm comm, int key, void *value, void *extra) {
+  (void)comm, (void)key, (void)extra;
+  free(value);
+  return MPI_SUCCESS;
+}
+
+/* The next sequence number of comm's collectives; the caller holds
+ * w->lock. */
+static uint64_t next_on(MPI_Comm comm) {
+  uint64_t *count = NULL;
+  int found = 0;
+  MPI_Comm_get_attr(comm, count_keyval, &count, &found);
+  if (!found) {
+    count = calloc(1, sizeof *count);
+    if (!count || MPI_Comm_set_attr(comm, count_keyval, count) !=
+                      MPI_SUCCESS) {
+      free(count);
+      return 0;
+    }
+  }
+  return ++*count;
+}
+
 static tdm_status make_keyval(void) {
   int rc = MPI_SUCCESS;
   pthread_mutex_lock(&keyval_lock);
   if (keyval == MPI_KEYVAL_INVALID)
     rc = MPI_Comm_create_keyval(MPI_COMM_DUP_FN, MPI_COMM_NULL_DELETE_FN,
                                 &keyval, NULL);
+  if (rc == MPI_SUCCESS && count_keyval == MPI_KEYVAL_INVALID)
+    rc = MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, free_count,
+                                &count_keyval, NULL);
   pthread_mutex_unlock(&keyval_lock);
   return rc == MPI_SUCCESS ? TDM_SUCCESS
                            : tdmi_mpi_error(rc, "MPI_Comm_create_keyval");
@@ -202,7 +238,7 @@ tdm_status tdmi_watch_create(tdm_context *ctx) {
     w->pid = calloc((size_t)ctx->size, sizeof *w->pid);
   }
   MPI_Comm side = MPI_COMM_NULL;
-  tdm_status st = tdmi_comm_dup(ctx->comm, &side); /* collective: always */
+  tdm_status st = tdmi_comm_dup(ctx->comm, &side, "tandem watchdog");
   if (st == TDM_SUCCESS &&
       (!w || !w->out || !w->out_req || !w->responsive || !w->pid))
     st = tdmi_error(TDM_ERR_NO_MEMORY, "rank %d: out of memory for the "
@@ -292,9 +328,10 @@ static void dump(tdmi_watch *w, const char *why) {
     if (!e->seq)
       continue;
     double took = (e->state == ENTRY_RUNNING ? t : e->end) - e->start;
-    tdmi_log(w->ctx, TDM_LOG_WARN, "  #%llu %s, %zu bytes, started %.3f s "
-             "ago, %s after %.3f ms", (unsigned long long)e->seq, e->what,
-             e->bytes, t - e->start, entry_names[e->state], 1e3 * took);
+    tdmi_log(w->ctx, TDM_LOG_WARN, "  %s #%llu on %s, %zu bytes, started "
+             "%.3f s ago, %s after %.3f ms", e->what,
+             (unsigned long long)e->comm_seq, e->comm, e->bytes,
+             t - e->start, entry_names[e->state], 1e3 * took);
   }
   pthread_mutex_unlock(&w->lock);
 }
@@ -315,7 +352,14 @@ uint64_t tdmi_flight_begin(MPI_Comm comm, const char *what, size_t bytes) {
   uint64_t seq = ++w->next_seq;
   flight_entry *e = &w->ring[seq % FLIGHT_LEN];
   e->seq = seq;
+  e->comm_seq = next_on(comm);
+  e->waiters = 0;
   snprintf(e->what, sizeof e->what, "%s", what);
+  int len = 0;
+  e->comm[0] = '\0';
+  MPI_Comm_get_name(comm, e->comm, &len); /* set by tdmi_comm_dup */
+  if (!len)
+    snprintf(e->comm, sizeof e->comm, "?");
   e->bytes = bytes;
   e->start = now_s();
   e->end = 0;
@@ -330,11 +374,10 @@ static void flight_end(tdmi_watch *w, uint64_t seq, int state) {
   if (e) {
     e->state = state;
     e->end = now_s();
+    e->waiters = 0;
   }
   if (state == ENTRY_DONE)
     w->finished++;
-  if (w->waiting_seq == seq)
-    w->waiting_seq = 0;
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -344,14 +387,23 @@ static void fill_answer(tdmi_watch *w, answer *a) {
   pthread_mutex_lock(&w->lock);
   memset(a, 0, sizeof *a);
   a->done = w->finished;
+  /* The oldest collective a thread waits for, or times out in. */
+  const flight_entry *e = NULL;
+  for (int i = 0; i < FLIGHT_LEN; i++) {
+    const flight_entry *c = &w->ring[i];
+    if (c->seq && (c->waiters > 0 || c->state == ENTRY_TIMED_OUT) &&
+        (!e || c->seq < e->seq))
+      e = c;
+  }
   a->state = w->state == RANK_TIMED_OUT ? RANK_TIMED_OUT
-             : w->waiting_seq          ? RANK_WAITING
+             : e                       ? RANK_WAITING
                                        : RANK_BUSY;
-  const flight_entry *e = w->waiting_seq ? entry_of(w, w->waiting_seq) : NULL;
   if (e) {
-    a->seq = e->seq;
-    a->waited = now_s() - w->wait_start;
+    a->seq = e->comm_seq;
+    a->waited = (e->state == ENTRY_TIMED_OUT ? e->end : now_s()) -
+                e->wait_start;
     snprintf(a->what, sizeof a->what, "%s", e->what);
+    snprintf(a->comm, sizeof a->comm, "%s", e->comm);
   }
   pthread_mutex_unlock(&w->lock);
 }
@@ -479,40 +531,47 @@ static int describe(tdmi_watch *w, const answer *in, const int *got,
     if (r == w->rank)
       continue;
     silent[r] = !got[r];
-    same[r] = got[r] && in[r].state != RANK_BUSY && in[r].seq == mine->seq &&
-              strcmp(in[r].what, mine->what) == 0;
+    same[r] = got[r] && in[r].state != RANK_BUSY &&
+              in[r].seq == mine->comm_seq && !strcmp(in[r].comm, mine->comm) &&
+              !strcmp(in[r].what, mine->what);
     nsame += same[r];
   }
   for (int r = 0; r < w->size; r++)
     if (silent[r])
       n = appendf(buf, cap, n, "; stalled: rank %d did not answer within "
-                  "%.0f s (%s)", r, ANSWER_S, process_state(w, r));
+                  "%.0f s (%s)", r, answer_s(w), process_state(w, r));
   if (nsame) {
     n = appendf(buf, cap, n, "; ");
     n = list_ranks(buf, cap, n, same, w->size);
     n = appendf(buf, cap, n, " wait%s in the same collective",
                 nsame > 1 ? "" : "s");
   }
-  /* Sequence numbers count every collective of a rank, so in a program
-   * that runs the same calls on every rank they name the same call. */
+  /* A communicator's collectives are numbered alike on every rank: the
+   * same number with another call is a mismatch. */
   for (int r = 0; r < w->size; r++) {
     if (r == w->rank || !got[r] || same[r])
       continue;
-    long long ahead = (long long)in[r].seq - (long long)mine->seq;
+    int same_comm = !strcmp(in[r].comm, mine->comm);
+    long long ahead = (long long)in[r].seq - (long long)mine->comm_seq;
     if (in[r].state == RANK_BUSY)
       n = appendf(buf, cap, n, "; rank %d is not waiting (%llu collectives "
                   "finished, this rank %llu)", r,
                   (unsigned long long)in[r].done,
                   (unsigned long long)w->finished);
-    else if (ahead == 0)
-      n = appendf(buf, cap, n, "; rank %d waits in %s (#%llu) instead: the "
-                  "ranks called different collectives", r, in[r].what,
-                  (unsigned long long)in[r].seq);
-    else
-      n = appendf(buf, cap, n, "; rank %d waits in %s (#%llu, %lld %s) for "
-                  "%.1f s", r, in[r].what, (unsigned long long)in[r].seq,
+    else if (same_comm && ahead == 0)
+      n = appendf(buf, cap, n, "; rank %d waits in %s (#%llu on %s) instead: "
+                  "the ranks called different collectives", r, in[r].what,
+                  (unsigned long long)in[r].seq, in[r].comm);
+    else if (same_comm)
+      n = appendf(buf, cap, n, "; rank %d waits in %s (#%llu on %s, %lld "
+                  "%s) for %.1f s", r, in[r].what,
+                  (unsigned long long)in[r].seq, in[r].comm,
                   ahead > 0 ? ahead : -ahead, ahead > 0 ? "ahead" : "behind",
                   in[r].waited);
+    else
+      n = appendf(buf, cap, n, "; rank %d waits in %s (#%llu on %s, not "
+                  "this rank's communicator) for %.1f s", r, in[r].what,
+                  (unsigned long long)in[r].seq, in[r].comm, in[r].waited);
   }
   free(silent);
   free(same);
@@ -536,13 +595,14 @@ static tdm_status timed_out(tdmi_watch *w, uint64_t seq, double waited) {
   int *got = calloc(nranks(w), sizeof *got);
   int *everyone = malloc(nranks(w) * sizeof *everyone);
   char msg[1800];
-  int n = snprintf(msg, sizeof msg, "rank %d: %s (#%llu) timed out after "
-                   "%.1f s (TANDEM_TIMEOUT=%.0f)", w->rank, mine.what,
-                   (unsigned long long)mine.seq, waited, w->timeout_s);
+  int n = snprintf(msg, sizeof msg, "rank %d: %s (#%llu on %s) timed out "
+                   "after %.1f s (TANDEM_TIMEOUT=%.0f)", w->rank, mine.what,
+                   (unsigned long long)mine.comm_seq, mine.comm, waited,
+                   w->timeout_s);
   if (in && got && everyone) {
     for (int r = 0; r < w->size; r++)
       everyone[r] = 1;
-    ask(w, everyone, in, got, ANSWER_S);
+    ask(w, everyone, in, got, answer_s(w));
     for (int r = 0; r < w->size; r++)
       w->responsive[r] = got[r];
     n = describe(w, in, got, &mine, msg, sizeof msg, n);
@@ -592,8 +652,11 @@ tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
     return broken_error(w, what);
   double start = now_s();
   pthread_mutex_lock(&w->lock);
-  w->waiting_seq = seq;
-  w->wait_start = start;
+  flight_entry *e = entry_of(w, seq);
+  if (e) {
+    e->waiters++;
+    e->wait_start = start;
+  }
   pthread_mutex_unlock(&w->lock);
   for (long spins = 0;; spins++) {
     int done = 0;

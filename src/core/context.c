@@ -121,6 +121,7 @@ static tdm_status read_topology(tdm_context *ctx) {
   if (rc != MPI_SUCCESS)
     return tdmi_mpi_error(rc, "MPI_Comm_split_type (shared memory)");
   MPI_Comm_set_errhandler(ctx->local_comm, MPI_ERRORS_RETURN);
+  MPI_Comm_set_name(ctx->local_comm, "tandem node");
   MPI_Comm_rank(ctx->local_comm, &ctx->local_rank);
   MPI_Comm_size(ctx->local_comm, &ctx->local_size);
   return read_nodes(ctx);
@@ -139,6 +140,7 @@ tdm_status tdmi_context_create(MPI_Comm parent, tdm_context **out) {
   }
   /* Errors come back as codes we turn into statuses, never an abort. */
   MPI_Comm_set_errhandler(ctx->comm, MPI_ERRORS_RETURN);
+  MPI_Comm_set_name(ctx->comm, "tandem context");
   tdm_status st = read_topology(ctx);
   if (st != TDM_SUCCESS) {
     tdmi_context_destroy(ctx);

@@ -52,11 +52,12 @@ static tdm_status pick_xport(tdm_engine *e) {
   return TDM_SUCCESS;
 }
 
-static tdm_status open_channel(tdm_engine *e, tdmi_channel *ch, int nccl) {
+static tdm_status open_channel(tdm_engine *e, tdmi_channel *ch, int nccl,
+                               const char *name) {
   ch->nccl = NULL;
   ch->stream = NULL;
   ch->watch = NULL;
-  TDMI_TRY(tdmi_comm_dup(e->ctx->comm, &ch->comm));
+  TDMI_TRY(tdmi_comm_dup(e->ctx->comm, &ch->comm, name));
   if (!nccl)
     return TDM_SUCCESS;
   /* Every rank joins NCCL, or none when a stream failed somewhere. */
@@ -85,9 +86,9 @@ tdm_status tdmi_xport_open(tdm_engine *e) {
   if (e->ops.on_device)
     TDMI_TRY(pick_xport(e));
   int nccl = e->xport == TDMI_XPORT_NCCL;
-  TDMI_TRY(open_channel(e, &e->reduce_ch, nccl));
+  TDMI_TRY(open_channel(e, &e->reduce_ch, nccl, "engine reductions"));
   e->comm = e->reduce_ch.comm;
-  TDMI_TRY(open_channel(e, &e->gather_ch, nccl));
+  TDMI_TRY(open_channel(e, &e->gather_ch, nccl, "engine gathers"));
   tdmi_log(e->ctx, TDM_LOG_INFO, "engine: buffers on the %s, collectives "
            "%s", e->ops.on_device ? "device" : "host", xport_names[e->xport]);
   return TDM_SUCCESS;

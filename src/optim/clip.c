@@ -92,3 +92,44 @@ tdm_status tdmi_optim_nonfinite(tdm_optimizer *opt, int *nonfinite) {
   *nonfinite = opt->clip.nonfinite;
   return TDM_SUCCESS;
 }
+
+/* Whether elements [first, first + count) of a dtype's layout, where they
+ * lie in span s, hold an inf or NaN. */
+static tdm_status span_nonfinite(tdm_optimizer *opt, const tdmi_span *s,
+                                 size_t first, size_t count, int *bad) {
+  size_t lo = first > s->first ? first : s->first;
+  size_t hi = first + count < s->first + s->count ? first + count
+                                                   : s->first + s->count;
+  *bad = 0;
+  if (lo >= hi)
+    return TDM_SUCCESS;
+  double sum = 0.0;
+  const char *g = (const char *)s->grad +
+                  (lo - s->first) * tdmi_dtype_size(s->grad_dtype);
+  TDMI_TRY(tdmi_ops_sumsq(&opt->engine->ops, g, s->grad_dtype, hi - lo, 1.0,
+                          -INFINITY, INFINITY, s->host, &sum));
+  *bad = !isfinite(sum);
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_optim_first_nonfinite(tdm_optimizer *opt, int *param) {
+  tdm_engine *e = opt->engine;
+  int first = e->nparams;
+  for (int p = 0; p < e->nparams && first == e->nparams; p++) {
+    tdm_dtype dtype;
+    size_t begin, count;
+    tdmi_engine_param_range(e, p, &dtype, &begin, &count);
+    for (int i = 0; i < opt->nspans; i++) {
+      const tdmi_span *s = &opt->spans[i].span;
+      int bad = 0;
+      if (s->dtype == dtype)
+        TDMI_TRY(span_nonfinite(opt, s, begin, count, &bad));
+      if (bad) {
+        first = p;
+        break;
+      }
+    }
+  }
+  *param = first;
+  return tdmi_min_int(e->comm, param, "tdm_step (non-finite gradients)");
+}

@@ -68,6 +68,9 @@ double tdmi_optim_lr(const tdm_optimizer *opt, int group);
 void tdmi_optim_clip_reset(tdm_optimizer *opt);
 /* Whether any gradient is inf or nan, over all ranks' parts (clip.c). */
 tdm_status tdmi_optim_nonfinite(tdm_optimizer *opt, int *nonfinite);
+/* Collective: the first parameter, in registration order, whose gradient
+ * holds an inf or NaN on any rank (nparams when none). */
+tdm_status tdmi_optim_first_nonfinite(tdm_optimizer *opt, int *param);
 /* The factor every reduced gradient is read with before the clamp of
  * clip c: the clip's own scale over the fp16 loss scale and the engine's
  * divisor (the gradients are sums over ranks and micro-steps). */

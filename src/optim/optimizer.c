@@ -382,6 +382,28 @@ static tdm_status update_all(tdm_optimizer *opt) {
   return TDM_SUCCESS;
 }
 
+/* TANDEM_NONFINITE outside fp16: names the first parameter whose
+ * gradient is inf or NaN; TDM_ERR_NONFINITE in error mode. */
+static tdm_status nonfinite_guard(tdm_optimizer *opt, int guard) {
+  static const char *const action[] = {"", "stepping anyway (warn)",
+                                       "step skipped", "step not taken"};
+  tdm_engine *e = opt->engine;
+  int p;
+  TDMI_TRY(tdmi_optim_first_nonfinite(opt, &p));
+  char msg[600];
+  snprintf(msg, sizeof msg, "tdm_step: the gradient of '%s' (parameter %d) "
+           "holds inf or NaN at optimizer step %lld (TANDEM_NONFINITE=%s): "
+           "%s", p < e->nparams ? e->params[p].name : "?", p,
+           (long long)opt->steps + opt->skipped + 1,
+           guard == TDM_NONFINITE_WARN   ? "warn"
+           : guard == TDM_NONFINITE_SKIP ? "skip"
+                                         : "error",
+           action[guard]);
+  tdmi_log(e->ctx, TDM_LOG_WARN, "%s", msg);
+  return guard == TDM_NONFINITE_ERROR ? tdmi_error(TDM_ERR_NONFINITE, "%s", msg)
+                                      : TDM_SUCCESS;
+}
+
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
   TDMI_TRY(tdmi_optim_check(opt, "tdm_step"));
   int now = 0;
@@ -394,14 +416,24 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
     TDMI_TRY(tdmi_optim_build_segments(opt));
     opt->started = 1;
   }
-  int nonfinite = 0;
-  if (opt->scaling)
+  int nonfinite = 0, guard = opt->engine->ctx->config.nonfinite;
+  if (opt->scaling || guard != TDM_NONFINITE_OFF)
     TDMI_TRY(tdmi_optim_nonfinite(opt, &nonfinite));
+  if (nonfinite && !opt->scaling) {
+    tdm_status st = nonfinite_guard(opt, guard);
+    if (st != TDM_SUCCESS) { /* error: the cycle is dropped */
+      tdmi_optim_clip_reset(opt);
+      tdmi_engine_step_end(opt->engine, 0);
+      return st;
+    }
+    nonfinite = guard == TDM_NONFINITE_SKIP;
+  }
   opt->last_skipped = nonfinite;
   if (nonfinite) {
     opt->skipped++;
-    tdmi_log(opt->engine->ctx, TDM_LOG_INFO, "optimizer: inf/nan gradients "
-             "at loss scale %g: step skipped", opt->scale);
+    if (opt->scaling)
+      tdmi_log(opt->engine->ctx, TDM_LOG_INFO, "optimizer: inf/nan "
+               "gradients at loss scale %g: step skipped", opt->scale);
   } else {
     tdm_status st = update_all(opt);
     /* A kernel fails on one device only; the gathers that follow the
