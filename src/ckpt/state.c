@@ -177,15 +177,21 @@ static tdm_status parse_rngs(json_t *a, const char *file, tdmi_ckpt_state *s) {
   if (!json_is_array(a) || json_array_size(a) > 4096)
     return bad(file, "rng_offsets", "is missing or not an array");
   s->nrngs = (int)json_array_size(a);
+  /* The lengths first: the allocation is then bounded by the text, not by
+   * world_size (up to 2^24) alone, which with one short array asked for
+   * 128 MiB, with 4096 for 512 GiB (found by tests/fuzz/fuzz_state.c). */
+  for (int i = 0; i < s->nrngs; i++) {
+    json_t *per_rank = json_array_get(a, (size_t)i);
+    if (!json_is_array(per_rank) ||
+        json_array_size(per_rank) != (size_t)s->world_size)
+      return bad(file, "rng_offsets", "needs world_size offsets per stream");
+  }
   s->rng_offsets = calloc((size_t)s->nrngs * s->world_size + 1,
                           sizeof *s->rng_offsets);
   if (!s->rng_offsets)
     return tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", file);
   for (int i = 0; i < s->nrngs; i++) {
     json_t *per_rank = json_array_get(a, (size_t)i);
-    if (!json_is_array(per_rank) ||
-        json_array_size(per_rank) != (size_t)s->world_size)
-      return bad(file, "rng_offsets", "needs world_size offsets per stream");
     for (int r = 0; r < s->world_size; r++) {
       json_t *v = json_array_get(per_rank, (size_t)r);
       if (!json_is_integer(v) || json_integer_value(v) < 0)

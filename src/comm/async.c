@@ -96,10 +96,12 @@ tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                     MPI_Op op, const char *what) {
   TDMI_TRY(check_bucket(count, dtype));
-  MPI_Request req;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count,
-                          tdmi_mpi_move_type(dtype), op, comm, &req);
-  return tdmi_watched(comm, rc, &req, what, count * tdmi_dtype_size(dtype));
+  uint64_t seq = tdmi_flight_blocked(comm, what,
+                                     count * tdmi_dtype_size(dtype));
+  int rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)count,
+                         tdmi_mpi_move_type(dtype), op, comm);
+  tdmi_flight_end(comm, seq, rc == MPI_SUCCESS);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
 }
 
 tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
@@ -115,10 +117,12 @@ tdm_status tdmi_ireduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
 tdm_status tdmi_reduce_scatter(MPI_Comm comm, void *buf, size_t chunk,
                                tdm_dtype dtype, MPI_Op op, const char *what) {
   TDMI_TRY(check_bucket(chunk, dtype));
-  MPI_Request req;
-  int rc = MPI_Ireduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
-                                     tdmi_mpi_move_type(dtype), op, comm, &req);
-  return tdmi_watched(comm, rc, &req, what, chunk * tdmi_dtype_size(dtype));
+  uint64_t seq = tdmi_flight_blocked(comm, what,
+                                     chunk * tdmi_dtype_size(dtype));
+  int rc = MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)chunk,
+                                    tdmi_mpi_move_type(dtype), op, comm);
+  tdmi_flight_end(comm, seq, rc == MPI_SUCCESS);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
 }
 
 static tdm_status check_bytes(size_t bytes) {

@@ -79,7 +79,8 @@ void tdmi_sum_op_free(MPI_Op *op);
 tdm_status tdmi_isum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                      MPI_Op op, MPI_Request *req);
 /* The same, blocking: the communication thread's call, since MPI's
- * blocking allreduce is its fastest algorithm. */
+ * blocking allreduce is its fastest algorithm.  It has no deadline of its
+ * own: the thread that waits for it polls tdmi_watch_idle. */
 tdm_status tdmi_sum(MPI_Comm comm, void *buf, size_t count, tdm_dtype dtype,
                     MPI_Op op, const char *what);
 /* Starts an in-place reduce-scatter: buf holds size * chunk elements;
@@ -196,6 +197,15 @@ uint64_t tdmi_flight_begin(MPI_Comm comm, const char *what, size_t bytes);
  * TDM_ERR_MPI naming what when MPI fails. */
 tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
                            const char *what);
+/* A blocking collective on comm starts now in this thread: recorded, and
+ * reported as waited for; end it with tdmi_flight_end. */
+uint64_t tdmi_flight_blocked(MPI_Comm comm, const char *what, size_t bytes);
+void tdmi_flight_end(MPI_Comm comm, uint64_t seq, int ok);
+/* For a thread that waits for another thread's blocking collective on
+ * comm (*since: 0 on the first call): answers queries, and past the
+ * deadline diagnoses the oldest collective waited for (TDM_ERR_TIMEOUT),
+ * naming what otherwise. */
+tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what);
 /* One MPI_Test of req, answering the other ranks' queries. */
 tdm_status tdmi_watch_test(MPI_Comm comm, MPI_Request *req, uint64_t seq,
                            int *done, const char *what);

@@ -368,6 +368,29 @@ uint64_t tdmi_flight_begin(MPI_Comm comm, const char *what, size_t bytes) {
   return seq;
 }
 
+static void flight_end(tdmi_watch *w, uint64_t seq, int state);
+
+uint64_t tdmi_flight_blocked(MPI_Comm comm, const char *what, size_t bytes) {
+  uint64_t seq = tdmi_flight_begin(comm, what, bytes);
+  tdmi_watch *w = tdmi_watch_of(comm);
+  if (!w)
+    return seq;
+  pthread_mutex_lock(&w->lock);
+  flight_entry *e = entry_of(w, seq);
+  if (e) {
+    e->waiters++;
+    e->wait_start = e->start;
+  }
+  pthread_mutex_unlock(&w->lock);
+  return seq;
+}
+
+void tdmi_flight_end(MPI_Comm comm, uint64_t seq, int ok) {
+  tdmi_watch *w = tdmi_watch_of(comm);
+  if (w && seq)
+    flight_end(w, seq, ok ? ENTRY_DONE : ENTRY_FAILED);
+}
+
 static void flight_end(tdmi_watch *w, uint64_t seq, int state) {
   pthread_mutex_lock(&w->lock);
   flight_entry *e = entry_of(w, seq);
@@ -679,6 +702,41 @@ tdm_status tdmi_watched(MPI_Comm comm, int rc, MPI_Request *req,
     return tdmi_mpi_error(rc, what);
   return tdmi_watch_wait(comm, req, tdmi_flight_begin(comm, what, bytes),
                          what);
+}
+
+tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what) {
+  tdmi_watch *w = tdmi_watch_of(comm);
+  if (!w)
+    return TDM_SUCCESS;
+  if (w->state == RANK_TIMED_OUT)
+    return broken_error(w, what);
+  double t = now_s();
+  if (*since == 0)
+    *since = t;
+  serve(w);
+  if (w->timeout_s <= 0 || t - *since <= w->timeout_s)
+    return TDM_SUCCESS;
+  uint64_t seq = 0; /* the oldest collective a thread is blocked in */
+  double started = *since;
+  pthread_mutex_lock(&w->lock);
+  for (int i = 0; i < FLIGHT_LEN; i++) {
+    const flight_entry *e = &w->ring[i];
+    if (e->seq && e->waiters > 0 && e->state == ENTRY_RUNNING &&
+        (!seq || e->seq < seq)) {
+      seq = e->seq;
+      started = e->wait_start < started ? e->wait_start : started;
+    }
+  }
+  pthread_mutex_unlock(&w->lock);
+  if (seq)
+    return timed_out(w, seq, t - started);
+  pthread_mutex_lock(&w->poll);
+  w->state = RANK_TIMED_OUT;
+  snprintf(w->diagnosis, sizeof w->diagnosis, "rank %d: %s timed out after "
+           "%.1f s (TANDEM_TIMEOUT=%.0f) with no collective in flight",
+           w->rank, what, t - *since, w->timeout_s);
+  pthread_mutex_unlock(&w->poll);
+  return tdmi_error(TDM_ERR_TIMEOUT, "%s", w->diagnosis);
 }
 
 tdm_status tdmi_watch_check(MPI_Comm comm, const char *what) {

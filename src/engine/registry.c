@@ -181,6 +181,9 @@ static tdm_status unbind(tdm_engine *e) {
 
 tdm_status tdm_engine_destroy(tdm_engine *engine) {
   TDMI_TRY(tdmi_engine_check(engine, "tdm_engine_destroy"));
+  /* A collective that timed out may still own the engine's buffers (the
+   * communication thread may sit in it): nothing is freed. */
+  TDMI_TRY(tdmi_watch_check(engine->ctx->comm, "tdm_engine_destroy"));
   tdm_status st = unbind(engine);
   tdmi_stream_stop(engine);
   engine_free(engine);

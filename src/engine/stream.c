@@ -6,6 +6,7 @@
  * communication thread (MPI_THREAD_MULTIPLE).  Bucket state is guarded by
  * e->lock in both modes. */
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 
@@ -126,7 +127,8 @@ tdm_status tdmi_stream_start(tdm_engine *e) {
   return TDM_SUCCESS;
 }
 
-/* Finishes what is in flight, then stops the thread. */
+/* Finishes what is in flight, then stops the thread (never after a
+ * timeout: tdm_engine_destroy refuses then). */
 void tdmi_stream_stop(tdm_engine *e) {
   pthread_mutex_lock(&e->lock);
   if (e->mode == TDM_PROGRESS_POLL) {
@@ -150,8 +152,25 @@ static void wait_all(tdm_engine *e) {
     }
   } else {
     pthread_cond_broadcast(&e->cond);
-    while (e->nreduced < e->nbuckets)
-      pthread_cond_wait(&e->cond, &e->lock);
+    /* The thread's collectives block in MPI (its fastest calls) with no
+     * deadline: this wait has it, and answers the watchdog's queries. */
+    double since = 0;
+    while (e->nreduced < e->nbuckets) {
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_nsec += 20 * 1000 * 1000;
+      if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&e->cond, &e->lock, &until);
+      tdm_status st = tdmi_watch_idle(e->comm, &since, "bucket reductions "
+                                      "(communication thread)");
+      if (st != TDM_SUCCESS) {
+        note_comm_failure(e, st);
+        break;
+      }
+    }
   }
   pthread_mutex_unlock(&e->lock);
 }
