@@ -5,10 +5,15 @@
  *                                  loss allreduce
  *   stall_driver mismatch R        at step 5 rank R calls tdm_broadcast
  *                                  where the others call tdm_allreduce
+ *   stall_driver stop-big R        at step 5 rank R stops itself (SIGSTOP)
+ *                                  before a 4 MiB tdm_allreduce: the
+ *                                  others wait in MPI's blocking call on
+ *                                  the watchdog's worker thread
  * Every rank prints "rank N: STATUS: message" for the first failure and
  * then, after a timeout, brings the job down with tdm_abort (the only
  * way to end a rank that waits forever); a run that fails nowhere exits
  * 0 after 20 steps. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,11 +39,14 @@ static void check(tdm_status st, const char *call) {
 
 int main(int argc, char **argv) {
   if (argc != 3 || (strcmp(argv[1], "skip-backward") &&
-                    strcmp(argv[1], "mismatch"))) {
-    fprintf(stderr, "usage: stall_driver skip-backward|mismatch RANK\n");
+                    strcmp(argv[1], "mismatch") && strcmp(argv[1], "stop-big"))) {
+    fprintf(stderr, "usage: stall_driver skip-backward|mismatch|stop-big "
+            "RANK\n");
     return 64;
   }
   int bad_rank = atoi(argv[2]), skip = !strcmp(argv[1], "skip-backward");
+  int stop_big = !strcmp(argv[1], "stop-big");
+  static float big[1 << 20], big_sum[1 << 20];
   CHECK(tdm_init(&argc, &argv, NULL, &ctx));
   CHECK(tdm_get_rank(ctx, &rank));
   tdm_engine *e;
@@ -65,8 +73,13 @@ int main(int argc, char **argv) {
       CHECK(tdm_backward_end(e));
       CHECK(tdm_step(opt, NULL));
     }
+    if (stop_big) {
+      if (wrong)
+        raise(SIGSTOP);
+      CHECK(tdm_allreduce(ctx, big, big_sum, 1 << 20, TDM_F32, TDM_SUM));
+    }
     double loss = 1.0 / (step + 1), mean;
-    if (wrong && !skip)
+    if (wrong && !skip && !stop_big)
       CHECK(tdm_broadcast(ctx, &loss, 1, TDM_F64, 0));
     else
       CHECK(tdm_allreduce(ctx, &loss, &mean, 1, TDM_F64, TDM_MEAN));

@@ -6,7 +6,8 @@
 #    where the runtime lets the survivors run on (--enable-recovery), each
 #    survivor's watchdog names it itself, "gone: dead";
 #  - kill -STOP of one rank: every other rank reports TDM_ERR_TIMEOUT
-#    naming the stalled rank and the collective it waited in;
+#    naming the stalled rank and the collective it waited in; the same
+#    in a large collective (MPI's blocking call on the watch's worker);
 #  - one rank skipping tdm_backward_end, with and without TANDEM_DEBUG,
 #    and (TANDEM_DEBUG) one rank calling another collective: clear
 #    errors on every rank, never a hang;
@@ -121,6 +122,14 @@ skipped_backward() { # np debug: every rank fails with the diagnosis
     survivors_say "$1" 1 "tdm_backward_end.*TDM_ERR_TIMEOUT.*rank 1 waits in tdm_allreduce"
 }
 
+stopped_in_large() { # np: 4 MiB tdm_allreduce, MPI's blocking call
+  t0=$(now)
+  start "$1" "$driver" stop-big 1
+  finish; show
+  [ "$rc" != 0 ] && elapsed_below "$t0" $limit &&
+    survivors_say "$1" 1 "TDM_ERR_TIMEOUT.*tdm_allreduce \(#[0-9]+ on tandem context\) timed out.*stalled: rank 1 did not answer.*stopped"
+}
+
 mismatch_debug() { # np: TANDEM_DEBUG names both calls on every rank
   t0=$(now)
   TANDEM_DEBUG=1 start "$1" "$driver" mismatch 1
@@ -164,6 +173,8 @@ for np in $nps; do
     killed_rank_survivors_diagnose "$np" "$last"
   check "N=$np: kill -STOP of rank $last: the others time out naming it and their wait" stopped_rank "$np" "$last"
   check "N=$np: kill -STOP of rank 0: the same" stopped_rank "$np" 0
+  check "N=$np: rank 1 stops before a 4 MiB tdm_allreduce: the others time out naming it" \
+    stopped_in_large "$np"
   check "N=$np: rank 1 skips tdm_backward_end: every rank times out with the diagnosis" skipped_backward "$np" 0
   check "N=$np: the same under TANDEM_DEBUG" skipped_backward "$np" 1
   check "N=$np: TANDEM_DEBUG: rank 1 calls tdm_broadcast for tdm_allreduce: TDM_ERR_MISMATCH everywhere" \

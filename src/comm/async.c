@@ -144,19 +144,16 @@ tdm_status tdmi_iallgather_bytes(MPI_Comm comm, const void *send, void *recv,
 tdm_status tdmi_allgather_bytes(MPI_Comm comm, const void *send, void *recv,
                                 size_t bytes) {
   TDMI_TRY(check_bytes(bytes));
-  MPI_Request req;
-  int rc = MPI_Iallgather(send ? send : MPI_IN_PLACE, (int)bytes, MPI_BYTE,
-                          recv, (int)bytes, MPI_BYTE, comm, &req);
-  return tdmi_watched(comm, rc, &req, "shard allgather", bytes);
+  tdmi_mpi_call c = {TDMI_RUN_ALLGATHER, send ? send : MPI_IN_PLACE, recv,
+                     (int)bytes, MPI_BYTE, MPI_OP_NULL, 0, comm};
+  return tdmi_run(&c, "shard allgather", bytes);
 }
 
 tdm_status tdmi_bor_bytes(MPI_Comm comm, void *buf, size_t bytes) {
   TDMI_TRY(check_bytes(bytes));
-  MPI_Request req;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)bytes, MPI_BYTE, MPI_BOR,
-                          comm, &req);
-  return tdmi_watched(comm, rc, &req, "allreduce (bitwise or of shards)",
-                      bytes);
+  tdmi_mpi_call c = {TDMI_RUN_ALLREDUCE, MPI_IN_PLACE, buf, (int)bytes,
+                     MPI_BYTE, MPI_BOR, 0, comm};
+  return tdmi_run(&c, "allreduce (bitwise or of shards)", bytes);
 }
 
 tdm_status tdmi_min_int(MPI_Comm comm, int *value, const char *what) {
@@ -176,9 +173,9 @@ tdm_status tdmi_sum_doubles(MPI_Comm comm, double *values, int n) {
 tdm_status tdmi_bcast_bytes(MPI_Comm comm, void *buf, size_t bytes, int root) {
   for (size_t off = 0; off < bytes; off += BCAST_CHUNK) {
     size_t n = bytes - off < BCAST_CHUNK ? bytes - off : BCAST_CHUNK;
-    MPI_Request req;
-    int rc = MPI_Ibcast((char *)buf + off, (int)n, MPI_BYTE, root, comm, &req);
-    TDMI_TRY(tdmi_watched(comm, rc, &req, "broadcast", n));
+    tdmi_mpi_call c = {TDMI_RUN_BCAST, NULL, (char *)buf + off, (int)n,
+                       MPI_BYTE, MPI_OP_NULL, root, comm};
+    TDMI_TRY(tdmi_run(&c, "broadcast", n));
   }
   return TDM_SUCCESS;
 }

@@ -63,11 +63,10 @@ static tdm_status allreduce_native(tdm_context *ctx, const void *send,
     size_t n = count - off < MPI_CHUNK ? count - off : MPI_CHUNK;
     const void *s = send == recv ? MPI_IN_PLACE
                                  : (const char *)send + off * esize;
-    MPI_Request req;
-    int rc = MPI_Iallreduce(s, (char *)recv + off * esize, (int)n,
-                            tdmi_mpi_move_type(dtype), mpi_op(op), ctx->comm,
-                            &req);
-    TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_allreduce", n * esize));
+    tdmi_mpi_call c = {TDMI_RUN_ALLREDUCE, s, (char *)recv + off * esize,
+                       (int)n, tdmi_mpi_move_type(dtype), mpi_op(op), 0,
+                       ctx->comm};
+    TDMI_TRY(tdmi_run(&c, "tdm_allreduce", n * esize));
   }
   if (op == TDM_MEAN)
     divide_by(dtype, recv, count, ctx->size);
@@ -85,10 +84,9 @@ static tdm_status allreduce_half(tdm_context *ctx, const uint16_t *send,
   for (size_t off = 0; off < count && st == TDM_SUCCESS; off += chunk) {
     size_t n = count - off < chunk ? count - off : chunk;
     tdmi_half_to_f32(dtype, send + off, wide, n);
-    MPI_Request req;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, wide, (int)n, MPI_FLOAT, mpi_op(op),
-                            ctx->comm, &req);
-    st = tdmi_watched(ctx->comm, rc, &req, "tdm_allreduce", n * sizeof *wide);
+    tdmi_mpi_call c = {TDMI_RUN_ALLREDUCE, MPI_IN_PLACE, wide, (int)n,
+                       MPI_FLOAT, mpi_op(op), 0, ctx->comm};
+    st = tdmi_run(&c, "tdm_allreduce", n * sizeof *wide);
     if (st != TDM_SUCCESS)
       break;
     if (op == TDM_MEAN)
@@ -130,10 +128,10 @@ tdm_status tdm_broadcast(tdm_context *ctx, void *buf, size_t count,
   size_t esize = tdmi_dtype_size(dtype);
   for (size_t off = 0; off < count; off += MPI_CHUNK) {
     size_t n = count - off < MPI_CHUNK ? count - off : MPI_CHUNK;
-    MPI_Request req;
-    int rc = MPI_Ibcast((char *)buf + off * esize, (int)n,
-                        tdmi_mpi_move_type(dtype), root, ctx->comm, &req);
-    TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_broadcast", n * esize));
+    tdmi_mpi_call c = {TDMI_RUN_BCAST, NULL, (char *)buf + off * esize,
+                       (int)n, tdmi_mpi_move_type(dtype), MPI_OP_NULL, root,
+                       ctx->comm};
+    TDMI_TRY(tdmi_run(&c, "tdm_broadcast", n * esize));
   }
   return TDM_SUCCESS;
 }
@@ -150,10 +148,9 @@ tdm_status tdm_allgather(tdm_context *ctx, const void *send, void *recv,
   tdmi_signature sig = {TDMI_COLL_ALLGATHER, dtype, -1, TDMI_NO_ROOT, count};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   MPI_Datatype t = tdmi_mpi_move_type(dtype);
-  MPI_Request req;
-  int rc = MPI_Iallgather(send, (int)count, t, recv, (int)count, t, ctx->comm,
-                          &req);
-  return tdmi_watched(ctx->comm, rc, &req, "tdm_allgather", bytes);
+  tdmi_mpi_call c = {TDMI_RUN_ALLGATHER, send, recv, (int)count, t,
+                     MPI_OP_NULL, 0, ctx->comm};
+  return tdmi_run(&c, "tdm_allgather", bytes * (size_t)ctx->size);
 }
 
 tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
@@ -170,10 +167,9 @@ tdm_status tdm_gather(tdm_context *ctx, const void *send, void *recv,
   tdmi_signature sig = {TDMI_COLL_GATHER, dtype, -1, root, count};
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   MPI_Datatype t = tdmi_mpi_move_type(dtype);
-  MPI_Request req;
-  int rc = MPI_Igather(send, (int)count, t, recv, (int)count, t, root,
-                       ctx->comm, &req);
-  return tdmi_watched(ctx->comm, rc, &req, "tdm_gather", bytes);
+  tdmi_mpi_call c = {TDMI_RUN_GATHER, send, recv, (int)count, t, MPI_OP_NULL,
+                     root, ctx->comm};
+  return tdmi_run(&c, "tdm_gather", bytes * (size_t)ctx->size);
 }
 
 /* ---- reduce-scatter ---- */
@@ -187,11 +183,9 @@ static tdm_status reduce_scatter_half(tdm_context *ctx, const uint16_t *send,
     return tdmi_error(TDM_ERR_NO_MEMORY, "tdm_reduce_scatter: out of memory");
   float *mine = wide + total;
   tdmi_half_to_f32(dtype, send, wide, total);
-  MPI_Request req;
-  int rc = MPI_Ireduce_scatter_block(wide, mine, (int)recv_count, MPI_FLOAT,
-                                     mpi_op(op), ctx->comm, &req);
-  tdm_status st = tdmi_watched(ctx->comm, rc, &req, "tdm_reduce_scatter",
-                               total * sizeof *wide);
+  tdmi_mpi_call c = {TDMI_RUN_REDUCE_SCATTER, wide, mine, (int)recv_count,
+                     MPI_FLOAT, mpi_op(op), 0, ctx->comm};
+  tdm_status st = tdmi_run(&c, "tdm_reduce_scatter", total * sizeof *wide);
   if (st == TDM_SUCCESS) {
     if (op == TDM_MEAN)
       divide_by(TDM_F32, mine, recv_count, ctx->size);
@@ -216,12 +210,9 @@ tdm_status tdm_reduce_scatter(tdm_context *ctx, const void *send, void *recv,
   TDMI_TRY(tdmi_coll_enter(ctx, fn, &sig, st));
   if (is_half(dtype))
     return reduce_scatter_half(ctx, send, recv, recv_count, dtype, op);
-  MPI_Request req;
-  int rc = MPI_Ireduce_scatter_block(send, recv, (int)recv_count,
-                                     tdmi_mpi_move_type(dtype), mpi_op(op),
-                                     ctx->comm, &req);
-  TDMI_TRY(tdmi_watched(ctx->comm, rc, &req, "tdm_reduce_scatter",
-                        bytes * (size_t)ctx->size));
+  tdmi_mpi_call c = {TDMI_RUN_REDUCE_SCATTER, send, recv, (int)recv_count,
+                     tdmi_mpi_move_type(dtype), mpi_op(op), 0, ctx->comm};
+  TDMI_TRY(tdmi_run(&c, "tdm_reduce_scatter", bytes * (size_t)ctx->size));
   if (op == TDM_MEAN)
     divide_by(dtype, recv, recv_count, ctx->size);
   return TDM_SUCCESS;

@@ -213,6 +213,39 @@ tdm_status tdmi_watch_test(MPI_Comm comm, MPI_Request *req, uint64_t seq,
  * to completion under the watchdog: the blocking collectives' body. */
 tdm_status tdmi_watched(MPI_Comm comm, int rc, MPI_Request *req,
                         const char *what, size_t bytes);
+/* Large collectives: MPI's blocking calls are its fastest (libnbc's
+ * non-blocking ones are up to 5x slower at a few MiB), but have no
+ * deadline.  Where MPI_THREAD_MULTIPLE allows, tdmi_watch_offload says
+ * yes from TDMI_BLOCKING_MIN_BYTES, and tdmi_watched_blocking runs fn(arg)
+ * (a blocking collective on comm returning an MPI code) on a worker
+ * thread while the calling thread waits under the deadline. */
+#define TDMI_BLOCKING_MIN_BYTES ((size_t)64 << 10)
+typedef int (*tdmi_blocking_fn)(void *arg);
+int tdmi_watch_offload(MPI_Comm comm, size_t bytes);
+tdm_status tdmi_watched_blocking(MPI_Comm comm, const char *what,
+                                 size_t bytes, tdmi_blocking_fn fn,
+                                 void *arg);
+/* One collective, described for tdmi_run (run.c), which picks the
+ * blocking or the non-blocking call by size.  Fields a kind does not use
+ * are ignored. */
+typedef enum {
+  TDMI_RUN_ALLREDUCE,
+  TDMI_RUN_BCAST,
+  TDMI_RUN_ALLGATHER,
+  TDMI_RUN_GATHER,
+  TDMI_RUN_REDUCE_SCATTER
+} tdmi_run_kind;
+typedef struct {
+  tdmi_run_kind kind;
+  const void *send; /* MPI_IN_PLACE where in place */
+  void *recv;       /* the buffer of a broadcast */
+  int count;        /* per rank, as MPI takes it */
+  MPI_Datatype type;
+  MPI_Op op;
+  int root;
+  MPI_Comm comm;
+} tdmi_mpi_call;
+tdm_status tdmi_run(const tdmi_mpi_call *c, const char *what, size_t bytes);
 /* tdm_abort after a timeout: waits at most a few seconds for the ranks
  * that answered to finish their own diagnosis. */
 void tdmi_watch_settle(tdm_context *ctx);

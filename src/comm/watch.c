@@ -82,6 +82,15 @@ struct tdmi_watch {
   int *responsive;      /* ranks that answered this rank's diagnosis    */
   char diagnosis[1800]; /* of the timeout, for every later call         */
   int *pid;             /* of each rank on this host, else 0            */
+  /* The worker that runs large blocking collectives (MPI's fastest) while
+   * the calling thread waits with the deadline: MPI_THREAD_MULTIPLE. */
+  pthread_t worker;
+  int worker_running, worker_quit;
+  pthread_mutex_t job_lock;
+  pthread_cond_t job_cond;
+  tdmi_blocking_fn job;  /* pending or running, NULL: none            */
+  void *job_arg;
+  int job_rc, job_done;
 };
 
 typedef struct { /* what each rank tells the others at creation */
@@ -258,6 +267,8 @@ tdm_status tdmi_watch_create(tdm_context *ctx) {
   w->ctx = ctx;
   pthread_mutex_init(&w->lock, NULL);
   pthread_mutex_init(&w->poll, NULL);
+  pthread_mutex_init(&w->job_lock, NULL);
+  pthread_cond_init(&w->job_cond, NULL);
   for (int r = 0; r < w->size; r++)
     w->out_req[r] = MPI_REQUEST_NULL;
   ctx->watch = w;
@@ -276,10 +287,13 @@ tdm_status tdmi_watch_create(tdm_context *ctx) {
   return TDM_SUCCESS;
 }
 
+static void stop_worker(tdmi_watch *w);
+
 void tdmi_watch_destroy(tdm_context *ctx) {
   tdmi_watch *w = ctx->watch;
   if (!w)
     return;
+  stop_worker(w);
   if (keyval != MPI_KEYVAL_INVALID) {
     MPI_Comm_delete_attr(ctx->comm, keyval);
     MPI_Comm_delete_attr(ctx->local_comm, keyval);
@@ -294,6 +308,10 @@ void tdmi_watch_destroy(tdm_context *ctx) {
   tdmi_comm_free(&w->comm);
   pthread_mutex_destroy(&w->lock);
   pthread_mutex_destroy(&w->poll);
+  if (!w->worker_running) { /* else it may still sit in a collective */
+    pthread_mutex_destroy(&w->job_lock);
+    pthread_cond_destroy(&w->job_cond);
+  }
   free(w->out);
   free(w->out_req);
   free(w->responsive);
@@ -773,4 +791,103 @@ void tdmi_watch_settle(tdm_context *ctx) {
     pthread_mutex_unlock(&w->poll);
   }
   free(in), free(got), free(pending);
+}
+
+/* ---- large collectives: blocking, on the worker ---- */
+
+static void *worker_main(void *arg) {
+  tdmi_watch *w = arg;
+  pthread_mutex_lock(&w->job_lock);
+  for (;;) {
+    while (!w->worker_quit && (!w->job || w->job_done))
+      pthread_cond_wait(&w->job_cond, &w->job_lock);
+    if (w->worker_quit)
+      break;
+    tdmi_blocking_fn fn = w->job;
+    void *fn_arg = w->job_arg;
+    pthread_mutex_unlock(&w->job_lock);
+    int rc = fn(fn_arg);
+    pthread_mutex_lock(&w->job_lock);
+    w->job_rc = rc;
+    w->job_done = 1;
+    pthread_cond_broadcast(&w->job_cond);
+  }
+  pthread_mutex_unlock(&w->job_lock);
+  return NULL;
+}
+
+/* After a timeout the worker may never come back: it is left alone. */
+static void stop_worker(tdmi_watch *w) {
+  if (!w->worker_running || w->state == RANK_TIMED_OUT)
+    return;
+  pthread_mutex_lock(&w->job_lock);
+  w->worker_quit = 1;
+  pthread_cond_broadcast(&w->job_cond);
+  pthread_mutex_unlock(&w->job_lock);
+  pthread_join(w->worker, NULL);
+  w->worker_running = 0;
+}
+
+int tdmi_watch_offload(MPI_Comm comm, size_t bytes) {
+  tdmi_watch *w = tdmi_watch_of(comm);
+  return w && w->timeout_s > 0 && bytes >= TDMI_BLOCKING_MIN_BYTES &&
+         tdmi_thread_multiple();
+}
+
+static void deadline_in(struct timespec *t, long ns) {
+  clock_gettime(CLOCK_REALTIME, t);
+  t->tv_nsec += ns;
+  if (t->tv_nsec >= 1000000000L) {
+    t->tv_sec++;
+    t->tv_nsec -= 1000000000L;
+  }
+}
+
+tdm_status tdmi_watched_blocking(MPI_Comm comm, const char *what,
+                                 size_t bytes, tdmi_blocking_fn fn,
+                                 void *arg) {
+  tdmi_watch *w = tdmi_watch_of(comm);
+  if (!w) {
+    int rc = fn(arg);
+    return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
+  }
+  if (w->state == RANK_TIMED_OUT)
+    return broken_error(w, what);
+  pthread_mutex_lock(&w->job_lock);
+  if (!w->worker_running) {
+    if (pthread_create(&w->worker, NULL, worker_main, w) != 0) {
+      pthread_mutex_unlock(&w->job_lock);
+      return tdmi_error(TDM_ERR_INTERNAL, "%s: cannot start the watchdog's "
+                        "worker thread", what);
+    }
+    w->worker_running = 1;
+  }
+  uint64_t seq = tdmi_flight_blocked(comm, what, bytes);
+  w->job = fn;
+  w->job_arg = arg;
+  w->job_done = 0;
+  pthread_cond_broadcast(&w->job_cond);
+  double since = 0;
+  tdm_status st = TDM_SUCCESS;
+  while (!w->job_done) {
+    struct timespec until;
+    deadline_in(&until, 1000000L); /* 1 ms: between answers to queries */
+    pthread_cond_timedwait(&w->job_cond, &w->job_lock, &until);
+    if (w->job_done)
+      break;
+    pthread_mutex_unlock(&w->job_lock);
+    st = tdmi_watch_idle(comm, &since, what);
+    pthread_mutex_lock(&w->job_lock);
+    if (st != TDM_SUCCESS)
+      break; /* the worker stays in the collective: the job is over */
+  }
+  int rc = w->job_rc;
+  int done = w->job_done;
+  if (done)
+    w->job = NULL;
+  pthread_mutex_unlock(&w->job_lock);
+  if (!done)
+    return st;
+  tdmi_flight_end(comm, seq, rc == MPI_SUCCESS);
+  return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
 }
