@@ -51,7 +51,10 @@ typedef struct {
 } flight_entry;
 
 /* What a rank is doing, as it answers a query. */
-enum { RANK_BUSY, RANK_WAITING, RANK_TIMED_OUT };
+/* DIAGNOSING until its diagnosis is logged: tdm_abort on another rank
+ * waits for TIMED_OUT, since the abort resumes stopped ranks (Open MPI
+ * sends SIGCONT before SIGTERM), whose late answers would mislead. */
+enum { RANK_BUSY, RANK_WAITING, RANK_DIAGNOSING, RANK_TIMED_OUT };
 
 typedef struct {
   int32_t state;
@@ -322,7 +325,7 @@ void tdmi_watch_destroy(tdm_context *ctx) {
 
 int tdmi_watch_broken(const tdm_context *ctx) {
   const tdmi_watch *w = ctx->watch;
-  return w && w->state == RANK_TIMED_OUT;
+  return w && w->state >= RANK_DIAGNOSING;
 }
 
 /* ---- the flight recorder ---- */
@@ -436,9 +439,9 @@ static void fill_answer(tdmi_watch *w, answer *a) {
         (!e || c->seq < e->seq))
       e = c;
   }
-  a->state = w->state == RANK_TIMED_OUT ? RANK_TIMED_OUT
-             : e                       ? RANK_WAITING
-                                       : RANK_BUSY;
+  a->state = w->state >= RANK_DIAGNOSING ? w->state
+             : e                         ? RANK_WAITING
+                                         : RANK_BUSY;
   if (e) {
     a->seq = e->comm_seq;
     a->waited = (e->state == ENTRY_TIMED_OUT ? e->end : now_s()) -
@@ -623,7 +626,7 @@ static int describe(tdmi_watch *w, const answer *in, const int *got,
 static tdm_status timed_out(tdmi_watch *w, uint64_t seq, double waited) {
   pthread_mutex_lock(&w->poll);
   pthread_mutex_lock(&w->lock);
-  w->state = RANK_TIMED_OUT;
+  w->state = RANK_DIAGNOSING;
   flight_entry mine = {0};
   flight_entry *e = entry_of(w, seq);
   if (e) {
@@ -654,6 +657,7 @@ static tdm_status timed_out(tdmi_watch *w, uint64_t seq, double waited) {
   pthread_mutex_unlock(&w->poll);
   tdmi_log(w->ctx, TDM_LOG_WARN, "%s", msg);
   dump(w, "timeout");
+  w->state = RANK_TIMED_OUT;
   return tdmi_error(TDM_ERR_TIMEOUT, "%s", msg);
 }
 
@@ -689,7 +693,7 @@ tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
     int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
     return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
   }
-  if (w->state == RANK_TIMED_OUT)
+  if (w->state >= RANK_DIAGNOSING)
     return broken_error(w, what);
   double start = now_s();
   pthread_mutex_lock(&w->lock);
@@ -726,7 +730,7 @@ tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what) {
   tdmi_watch *w = tdmi_watch_of(comm);
   if (!w)
     return TDM_SUCCESS;
-  if (w->state == RANK_TIMED_OUT)
+  if (w->state >= RANK_DIAGNOSING)
     return broken_error(w, what);
   double t = now_s();
   if (*since == 0)
@@ -759,7 +763,7 @@ tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what) {
 
 tdm_status tdmi_watch_check(MPI_Comm comm, const char *what) {
   tdmi_watch *w = tdmi_watch_of(comm);
-  return w && w->state == RANK_TIMED_OUT ? broken_error(w, what)
+  return w && w->state >= RANK_DIAGNOSING ? broken_error(w, what)
                                          : TDM_SUCCESS;
 }
 
@@ -768,7 +772,7 @@ tdm_status tdmi_watch_check(MPI_Comm comm, const char *what) {
  * that every survivor logs its diagnosis before the job goes down. */
 void tdmi_watch_settle(tdm_context *ctx) {
   tdmi_watch *w = ctx->watch;
-  if (!w || w->state != RANK_TIMED_OUT)
+  if (!w || w->state < RANK_DIAGNOSING)
     return;
   answer *in = calloc(nranks(w), sizeof *in);
   int *got = calloc(nranks(w), sizeof *got);
@@ -818,7 +822,7 @@ static void *worker_main(void *arg) {
 
 /* After a timeout the worker may never come back: it is left alone. */
 static void stop_worker(tdmi_watch *w) {
-  if (!w->worker_running || w->state == RANK_TIMED_OUT)
+  if (!w->worker_running || w->state >= RANK_DIAGNOSING)
     return;
   pthread_mutex_lock(&w->job_lock);
   w->worker_quit = 1;
@@ -851,7 +855,7 @@ tdm_status tdmi_watched_blocking(MPI_Comm comm, const char *what,
     int rc = fn(arg);
     return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
   }
-  if (w->state == RANK_TIMED_OUT)
+  if (w->state >= RANK_DIAGNOSING)
     return broken_error(w, what);
   pthread_mutex_lock(&w->job_lock);
   if (!w->worker_running) {
