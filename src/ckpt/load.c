@@ -24,7 +24,7 @@ static tdm_status read_shared(MPI_Comm comm, const char *path, size_t max,
   if (st == TDM_SUCCESS && rank == 0)
     len = *n;
   TDMI_TRY(tdmi_agree(comm, st, path));
-  MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
+  TDMI_TRY(tdmi_bcast_bytes(comm, &len, sizeof len, 0));
   if (rank != 0 && !(*text = malloc(len + 1)))
     st = tdmi_ckpt_no_memory();
   st = tdmi_agree(comm, st, path);
@@ -132,7 +132,7 @@ static tdm_status model_files(MPI_Comm comm, const char *path, char **lines) {
   if (rank == 0 && st == TDM_SUCCESS)
     len = strlen(*lines);
   TDMI_TRY(tdmi_agree(comm, st, path));
-  MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
+  TDMI_TRY(tdmi_bcast_bytes(comm, &len, sizeof len, 0));
   if (rank != 0 && !(*lines = calloc(len + 1, 1)))
     st = tdmi_ckpt_no_memory();
   st = tdmi_agree(comm, st, path);

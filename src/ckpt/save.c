@@ -189,8 +189,10 @@ static tdm_status collect_state(const tdmi_ckpt_ctx *c,
                                    sizeof *by_rank)
                           : NULL;
   if (st == TDM_SUCCESS && o->rng_count > 0) {
-    MPI_Allgather(mine, o->rng_count, MPI_UINT64_T, by_rank, o->rng_count,
-                  MPI_UINT64_T, e->comm);
+    tdmi_mpi_call c = {TDMI_RUN_ALLGATHER, mine, by_rank, o->rng_count,
+                       MPI_UINT64_T, MPI_OP_NULL, 0, e->comm};
+    st = tdmi_run(&c, "tdm_save_state (RNG offsets)",
+                  sizeof *by_rank * (size_t)o->rng_count);
     for (int r = 0; r < e->ctx->size; r++)
       for (int i = 0; i < o->rng_count; i++)
         s->rng_offsets[(size_t)i * e->ctx->size + r] =

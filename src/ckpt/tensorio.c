@@ -127,10 +127,26 @@ static int round_types(const plan *pl, size_t r, MPI_Datatype *file_type,
   return rc;
 }
 
+/* The collective read or write of a round, for tdmi_run_fn. */
+typedef struct {
+  MPI_File fh;
+  int writing, n;
+  MPI_Datatype mem_type;
+  MPI_Status *status;
+} io_call;
+
+static int io_all(void *arg) {
+  io_call *c = arg;
+  return c->writing ? MPI_File_write_at_all(c->fh, 0, MPI_BOTTOM, c->n,
+                                            c->mem_type, c->status)
+                    : MPI_File_read_at_all(c->fh, 0, MPI_BOTTOM, c->n,
+                                           c->mem_type, c->status);
+}
+
 /* One collective call moving round r (nothing when this rank has fewer
  * rounds: it still takes part). */
-static tdm_status move_round(MPI_File fh, const plan *pl, size_t r,
-                             int writing, const char *file) {
+static tdm_status move_round(MPI_Comm comm, MPI_File fh, const plan *pl,
+                             size_t r, int writing, const char *file) {
   MPI_Datatype file_type = MPI_BYTE, mem_type = MPI_BYTE;
   int bytes = 0, rc = MPI_SUCCESS, count = 0;
   if (r < pl->nrounds)
@@ -142,14 +158,18 @@ static tdm_status move_round(MPI_File fh, const plan *pl, size_t r,
                               "native", MPI_INFO_NULL);
   MPI_Status status;
   int n = ok && bytes > 0 ? 1 : 0;
-  if (rc2 == MPI_SUCCESS)
-    rc2 = writing
-              ? MPI_File_write_at_all(fh, 0, MPI_BOTTOM, n, mem_type, &status)
-              : MPI_File_read_at_all(fh, 0, MPI_BOTTOM, n, mem_type, &status);
-  if (ok && rc2 != MPI_SUCCESS) {
-    rc = rc2;
-    call = writing ? "MPI_File_write_at_all" : "MPI_File_read_at_all";
+  call = writing ? "MPI_File_write_at_all" : "MPI_File_read_at_all";
+  if (rc2 == MPI_SUCCESS) {
+    io_call c = {fh, writing, n, mem_type, &status};
+    tdm_status st = tdmi_run_fn(comm, call, (size_t)bytes, io_all, &c);
+    if (st == TDM_ERR_TIMEOUT)
+      return st; /* the worker may still use the types: leave them */
+    rc2 = st == TDM_SUCCESS ? MPI_SUCCESS : MPI_ERR_IO;
   }
+  if (ok && rc2 != MPI_SUCCESS)
+    rc = rc2;
+  else
+    call = "MPI_Type_create_hindexed";
   if (ok && rc == MPI_SUCCESS && n) {
     MPI_Get_count(&status, MPI_BYTE, &count);
     if (count != bytes) {
@@ -189,10 +209,22 @@ static tdm_status transfer(MPI_Comm comm, const char *file,
   plan pl = {0};
   st = plan_make(p, &pl);
   unsigned long mine = (unsigned long)pl.nrounds, rounds = 0;
-  MPI_Allreduce(&mine, &rounds, 1, MPI_UNSIGNED_LONG, MPI_MAX, comm);
+  tdmi_mpi_call max = {TDMI_RUN_ALLREDUCE, &mine, &rounds, 1,
+                       MPI_UNSIGNED_LONG, MPI_MAX, 0, comm};
+  tdm_status agreed = tdmi_run(&max, "checkpoint I/O rounds", sizeof rounds);
+  /* After a timeout no collective call may follow (they would wait for
+   * the stalled rank): the file stays open, the job is over. */
+  if (agreed != TDM_SUCCESS) {
+    plan_free(&pl);
+    return agreed;
+  }
   for (size_t r = 0; r < rounds; r++) {
-    tdm_status s = move_round(fh, &pl, st == TDM_SUCCESS ? r : rounds,
+    tdm_status s = move_round(comm, fh, &pl, st == TDM_SUCCESS ? r : rounds,
                               writing, file);
+    if (s == TDM_ERR_TIMEOUT) {
+      plan_free(&pl);
+      return s;
+    }
     if (st == TDM_SUCCESS)
       st = s;
   }
@@ -258,7 +290,7 @@ tdm_status tdmi_tensorio_header(MPI_Comm comm, const char *file,
   tdm_status st = rank == 0 ? read_header(file, &json, &meta[0], &meta[1])
                             : TDM_SUCCESS;
   TDMI_TRY(tdmi_agree(comm, st, "reading a safetensors header"));
-  MPI_Bcast(meta, 2, MPI_UINT64_T, 0, comm);
+  TDMI_TRY(tdmi_bcast_bytes(comm, meta, sizeof meta, 0));
   if (rank != 0 && !(json = malloc(meta[0] + 1)))
     st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", file);
   TDMI_TRY(tdmi_agree(comm, st, "reading a safetensors header"));

@@ -200,6 +200,20 @@ static tdm_status stage_all(const tdmi_ckpt_ctx *c,
   return tdmi_ops_synchronize(&c->e->ops);
 }
 
+/* The all-gather of the shares, for tdmi_run_fn. */
+typedef struct {
+  void *full;
+  const int *count, *disp;
+  MPI_Datatype elem;
+  MPI_Comm comm;
+} gatherv_call;
+
+static int gatherv(void *arg) {
+  gatherv_call *g = arg;
+  return MPI_Allgatherv(MPI_IN_PLACE, 0, g->elem, g->full, g->count, g->disp,
+                        g->elem, g->comm);
+}
+
 /* DDP: every rank read its share of item it; the shares go to all. */
 static tdm_status share_loaded(const tdmi_ckpt_ctx *c,
                                const tdmi_ckpt_item *it) {
@@ -231,9 +245,9 @@ static tdm_status share_loaded(const tdmi_ckpt_ctx *c,
   if (st == TDM_SUCCESS) {
     MPI_Type_contiguous((int)esize, MPI_BYTE, &elem);
     MPI_Type_commit(&elem);
-    int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, elem, full, count, disp, elem,
-                            c->e->comm);
-    st = rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, "MPI_Allgatherv");
+    gatherv_call g = {full, count, disp, elem, c->e->comm};
+    st = tdmi_run_fn(c->e->comm, "MPI_Allgatherv (checkpoint tensor)", bytes,
+                     gatherv, &g);
     MPI_Type_free(&elem);
   }
   if (st == TDM_SUCCESS && !host)

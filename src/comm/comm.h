@@ -246,6 +246,11 @@ typedef struct {
   MPI_Comm comm;
 } tdmi_mpi_call;
 tdm_status tdmi_run(const tdmi_mpi_call *c, const char *what, size_t bytes);
+/* A blocking collective with no non-blocking form (MPI-IO, or one with
+ * per-rank counts): on the worker under the deadline where
+ * MPI_THREAD_MULTIPLE allows, else inline. */
+tdm_status tdmi_run_fn(MPI_Comm comm, const char *what, size_t bytes,
+                       tdmi_blocking_fn fn, void *arg);
 /* tdm_abort after a timeout: waits at most a few seconds for the ranks
  * that answered to finish their own diagnosis. */
 void tdmi_watch_settle(tdm_context *ctx);

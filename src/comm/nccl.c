@@ -51,9 +51,9 @@ tdm_status tdmi_nccl_create_if_all(MPI_Comm comm, int want, double timeout_s,
                                    tdmi_nccl **out) {
   int all = 0;
   *out = NULL;
-  int rc = MPI_Allreduce(&want, &all, 1, MPI_INT, MPI_MIN, comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "MPI_Allreduce (NCCL wanted)");
+  tdmi_mpi_call c = {TDMI_RUN_ALLREDUCE, &want, &all, 1, MPI_INT, MPI_MIN, 0,
+                     comm};
+  TDMI_TRY(tdmi_run(&c, "NCCL wanted on every rank", sizeof all));
   return all ? tdmi_nccl_create(comm, timeout_s, out) : TDM_SUCCESS;
 }
 

@@ -44,6 +44,15 @@ static int start(const tdmi_mpi_call *c, MPI_Request *req) {
   return MPI_ERR_OTHER;
 }
 
+tdm_status tdmi_run_fn(MPI_Comm comm, const char *what, size_t bytes,
+                       tdmi_blocking_fn fn, void *arg) {
+  if (tdmi_watch_offload(comm, TDMI_BLOCKING_MIN_BYTES))
+    return tdmi_watched_blocking(comm, what, bytes, fn, arg);
+  TDMI_TRY(tdmi_watch_check(comm, what));
+  int rc = fn(arg); /* no worker thread: no deadline either */
+  return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
+}
+
 tdm_status tdmi_run(const tdmi_mpi_call *c, const char *what, size_t bytes) {
   if (tdmi_watch_offload(c->comm, bytes))
     return tdmi_watched_blocking(c->comm, what, bytes, blocking, (void *)c);

@@ -31,9 +31,10 @@ static tdm_status pick_xport(tdm_engine *e) {
                      want != TDM_GPU_COLLECTIVES_STAGED,
                  tdmi_mpi_cuda_aware() || tdmi_device_fake()};
   int all[2] = {0, 0};
-  int rc = MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MIN, e->ctx->comm);
-  if (rc != MPI_SUCCESS)
-    return tdmi_mpi_error(rc, "MPI_Allreduce (NCCL and CUDA-aware MPI)");
+  tdmi_mpi_call c = {TDMI_RUN_ALLREDUCE, mine, all, 2, MPI_INT, MPI_MIN, 0,
+                     e->ctx->comm};
+  TDMI_TRY(tdmi_run(&c, "tdm_engine_create (NCCL and CUDA-aware MPI)",
+                    sizeof all));
   int nccl_everywhere = all[0], all_aware = all[1];
   if (want == TDM_GPU_COLLECTIVES_NCCL && !nccl_everywhere)
     return tdmi_error(TDM_ERR_CONFIG, "tdm_engine_create: gpu_collectives="
