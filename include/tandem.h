@@ -356,7 +356,8 @@ tdm_status tdm_check_trigger(tdm_context *ctx, int *triggered);
  * ranks save a checkpoint at the same step and exit, with
  * TDM_EXIT_REQUEUE where the job should run again.  The first call
  * installs the handlers, only for signals whose action is still the
- * default; a second signal then terminates as usual.  Cost: one 8-byte
+ * default; repeated signals are ignored (Slurm often delivers one
+ * twice).  Cost: one 8-byte
  * allreduce. */
 tdm_status tdm_should_stop(tdm_context *ctx, int *stop);
 

@@ -92,15 +92,15 @@ tdm_status tdm_check_trigger(tdm_context *ctx, int *triggered) {
 static volatile sig_atomic_t stop_signal;
 static pthread_once_t stop_armed = PTHREAD_ONCE_INIT;
 
-/* The first signal asks for a stop at the next step boundary; a second
- * one acts as if tandem were not there (the default: terminate). */
+/* A signal asks for a stop at the next step boundary.  Repeats are
+ * ignored: under Slurm a rank often gets the same signal twice within
+ * milliseconds (from slurmstepd and forwarded by mpirun or srun), and
+ * terminating on the second would kill it in the middle of its save.
+ * A rank that never reaches a boundary is ended by the watchdog (the
+ * others time out) or by Slurm's SIGKILL after KillWait. */
 static void on_stop_signal(int sig) {
-  if (stop_signal) {
-    signal(sig, SIG_DFL);
-    raise(sig);
-    return;
-  }
-  stop_signal = sig;
+  if (!stop_signal)
+    stop_signal = sig;
 }
 
 /* Installs the handler where the program left the default action: a
