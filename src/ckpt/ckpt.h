@@ -141,7 +141,7 @@ void tdmi_state_free(tdmi_ckpt_state *s);
 tdm_status tdmi_index_dump(uint64_t total, const char *const *tensors,
                            const char *const *files, int n, char **json);
 /* The distinct files of an index's weight_map, in order of first
- * appearance (malloc'd strings); plain names only (no '/').  Errors
+ * appearance (malloc'd strings); plain names only (no '/' or newline).  Errors
  * TDM_ERR_FORMAT naming file and field. */
 tdm_status tdmi_index_parse(const char *file, const char *json, size_t n,
                             char ***files, int *nfiles);
