@@ -30,21 +30,38 @@ elapsed_below() { # start limit: whether now - start < limit
 }
 
 # Starts mpirun -np $1 with the rest of the arguments in the background,
-# its output in $tmp/run.log; each rank carries the tag $tmp, so that its
-# pid can be found.
+# its output in $tmp/run.log; each process carries a tag of its own job,
+# so that a rank's pid can be found and nothing outlives its check.
 start() {
   np=$1; shift
-  TDM_RES_TAG=$tmp timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 \
+  tag=$tmp/job$n
+  TDM_RES_TAG=$tag timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 \
     $TDM_SANITIZER_MPI_ARGS ${MPIRUN_EXTRA:-} -np "$np" "$@" >"$tmp/run.log" 2>&1 &
   job=$!
 }
-# The pid of rank $1 of the job started last.
+tagged() { # the pids of the processes of the job started last
+  for f in $(grep -lxz "TDM_RES_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null); do
+    f=${f#/proc/}; echo "${f%/environ}"
+  done
+}
+# The pid of rank $1 of the job started last (polled: under load a rank
+# may show up late).
 rank_pid() {
-  for f in $(grep -lxz "TDM_RES_TAG=$tmp" /proc/[0-9]*/environ 2>/dev/null); do
-    grep -qxz "OMPI_COMM_WORLD_RANK=$1" "$f" 2>/dev/null &&
-      { f=${f#/proc/}; echo "${f%/environ}"; return 0; }
+  i=0
+  while [ $i -lt 100 ]; do
+    for p in $(tagged); do
+      grep -qxz "OMPI_COMM_WORLD_RANK=$1" "/proc/$p/environ" 2>/dev/null &&
+        { echo "$p"; return 0; }
+    done
+    i=$((i + 1)); sleep 0.05
   done
   return 1
+}
+# Ends whatever is left of the job started last (a stopped rank, a run
+# whose check failed early).
+cleanup_job() {
+  for p in $(tagged); do kill -KILL "$p" 2>/dev/null; done
+  wait "$job" 2>/dev/null
 }
 # Polls (with a deadline) until the job's output matches $1.
 wait_for() {
@@ -57,13 +74,14 @@ wait_for() {
 }
 # Sends signal $1 to rank $2 once training is under way; sets $t0.
 signal_rank() {
-  wait_for '^step  *50 ' || { echo "training never got going"; cat "$tmp/run.log"; return 1; }
-  pid=$(rank_pid "$2") || { echo "no pid for rank $2"; return 1; }
+  wait_for '^step  *50 ' || { echo "training never got going"; cat "$tmp/run.log"; cleanup_job; return 1; }
+  pid=$(rank_pid "$2") || { echo "no pid for rank $2"; cleanup_job; return 1; }
   t0=$(now)
   kill -"$1" "$pid"
 }
 finish() { # waits for the job; $rc its status
   wait "$job"; rc=$?
+  cleanup_job
 }
 show() { echo "exit $rc after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { print b - a }') s"; cat "$tmp/run.log"; }
 
@@ -108,7 +126,6 @@ stopped_rank() { # np rank: the others time out naming it and the wait
   start "$1" "$mlp" --steps 1000000
   signal_rank STOP "$2" || return 1
   finish; show
-  kill -KILL "$pid" 2>/dev/null # if the abort left it stopped
   [ "$rc" != 0 ] && elapsed_below "$t0" $limit &&
     survivors_say "$1" "$2" "TDM_ERR_TIMEOUT.*\(#[0-9]+ on [a-z ]+\) timed out after .*stalled: rank $2 did not answer.*stopped"
 }
