@@ -33,6 +33,9 @@ static void check(tdm_status st, const char *call) {
   fflush(stdout);
   if (st == TDM_ERR_TIMEOUT)
     tdm_abort(ctx, 3);
+  /* Every rank got the same error (tandem agrees on it): all of them
+   * print it before any exits, or mpirun would kill the slower ones. */
+  tdm_finalize(ctx);
   exit(2);
 }
 #define CHECK(call) check((call), #call)

@@ -122,9 +122,10 @@ step "bench/ckpt correctness (--check: save/load round trips at ZeRO 0-3, bitwis
 # later suites (and distcheck) run it short, to keep CI under 30 minutes.
 # tests/port.sh likewise checks N = 1-4 there and N = 1 and 3 after, and
 # tests/gpt.sh its quick subset.
-# tests/resilience.sh likewise runs N = 2-4 there and N = 3 after.
+# tests/resilience.sh likewise runs N = 2-4 there and N = 3 after, and
+# tests/slurm.sh (a real Slurm) only there.
 export CKPT_CRASH_SAVES=20 CKPT_CRASH_SECONDS=120 PORT_NPS="1 3" GPT_QUICK=1 \
-  RESILIENCE_NPS=3
+  RESILIENCE_NPS=3 TDM_SLURM_TEST=0
 
 # 2. Without CUDA, as on a CPU-only cluster.
 step "build --without-cuda" "$top/scripts/build.sh" "$b/nocuda" --without-cuda
@@ -148,7 +149,7 @@ unset TANDEM_TEST_FAKE_GPU TANDEM_GPU_COLLECTIVES
 # 4. Every parser under libFuzzer (ASan+UBSan), a short pass of each (8
 #    parsers, 11 s each) from the committed corpora; its last line counts
 #    the executions.
-step "fuzz the 8 parsers for 11 s each (scripts/fuzz.sh)" "$top/scripts/fuzz.sh" 11
+step "fuzz the 8 parsers for 8 s each (scripts/fuzz.sh)" "$top/scripts/fuzz.sh" 8
 tail -1 "$log"
 
 # 5. The release tarball builds and passes its own tests.

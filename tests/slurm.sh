@@ -38,6 +38,8 @@ case $src in /*) ;; *) src=$(pwd)/$src ;; esac
 
 skip() { echo "1..0 # SKIP $*"; exit 0; }
 [ -x "$mlp" ] || skip "no $mlp (build examples/mlp)"
+# scripts/test.sh runs it in its first suite only (CI time).
+[ "${TDM_SLURM_TEST:-1}" = 0 ] && skip "TDM_SLURM_TEST=0"
 for c in "$MPIRUN" timeout munged munge slurmctld slurmd sbatch scontrol scancel squeue sinfo; do
   command -v "$c" >/dev/null 2>&1 ||
     skip "no $c (Debian: slurm-wlm and munge; scripts/deps.sh --test)"
