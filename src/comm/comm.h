@@ -206,6 +206,12 @@ void tdmi_flight_end(MPI_Comm comm, uint64_t seq, int ok);
  * deadline diagnoses the oldest collective waited for (TDM_ERR_TIMEOUT),
  * naming what otherwise. */
 tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what);
+/* Seconds on the monotonic clock: deadlines and durations. */
+double tdmi_seconds_now(void);
+/* *t = CLOCK_REALTIME + ns: the deadline pthread_cond_timedwait takes,
+ * for such a waiting thread's slices. */
+struct timespec;
+void tdmi_realtime_in(struct timespec *t, long ns);
 /* One MPI_Test of req, answering the other ranks' queries. */
 tdm_status tdmi_watch_test(MPI_Comm comm, MPI_Request *req, uint64_t seq,
                            int *done, const char *what);

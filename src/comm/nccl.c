@@ -85,20 +85,14 @@ tdm_status tdmi_nccl_unique_id(MPI_Comm comm, void *id) {
   return tdmi_bcast_bytes(comm, id, sizeof(ncclUniqueId), 0);
 }
 
-static double seconds_now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 tdm_status tdmi_nccl_poll(tdmi_nccl *n, double timeout_s, const char *what) {
-  double deadline = seconds_now() + timeout_s;
+  double deadline = tdmi_seconds_now() + timeout_s;
   ncclResult_t state = ncclInProgress;
   for (;;) {
     ncclResult_t r = ncclCommGetAsyncError(n->comm, &state);
     if (r != ncclSuccess)
       state = r;
-    if (state != ncclInProgress || seconds_now() > deadline)
+    if (state != ncclInProgress || tdmi_seconds_now() > deadline)
       break;
     struct timespec pause = {0, 100000}; /* 0.1 ms between polls */
     nanosleep(&pause, NULL);

@@ -114,7 +114,7 @@ static int count_keyval = MPI_KEYVAL_INVALID; /* per communicator, not copied */
 static pthread_mutex_t keyval_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t dump_requested;
 
-static double now_s(void) {
+double tdmi_seconds_now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
@@ -208,21 +208,31 @@ static int free_count(MPI_Comm comm, int key, void *value, void *extra) {
   return MPI_SUCCESS;
 }
 
-/* The next sequence number of comm's collectives; the caller holds
- * w->lock. */
-static uint64_t next_on(MPI_Comm comm) {
-  uint64_t *count = NULL;
+/* What the recorder keeps per communicator: its count of collectives and
+ * its name, read once (MPI_Comm_get_name needs MPI_MAX_OBJECT_NAME). */
+typedef struct {
+  uint64_t count;
+  char name[MPI_MAX_OBJECT_NAME];
+} comm_record;
+
+/* Comm's record, made on its first collective; the caller holds w->lock.
+ * NULL when out of memory. */
+static comm_record *record_of(MPI_Comm comm) {
+  comm_record *r = NULL;
   int found = 0;
-  MPI_Comm_get_attr(comm, count_keyval, &count, &found);
-  if (!found) {
-    count = calloc(1, sizeof *count);
-    if (!count || MPI_Comm_set_attr(comm, count_keyval, count) !=
-                      MPI_SUCCESS) {
-      free(count);
-      return 0;
-    }
+  MPI_Comm_get_attr(comm, count_keyval, &r, &found);
+  if (found)
+    return r;
+  r = calloc(1, sizeof *r);
+  if (!r || MPI_Comm_set_attr(comm, count_keyval, r) != MPI_SUCCESS) {
+    free(r);
+    return NULL;
   }
-  return ++*count;
+  int len = 0;
+  MPI_Comm_get_name(comm, r->name, &len); /* set by tdmi_comm_dup */
+  if (!len)
+    snprintf(r->name, sizeof r->name, "?");
+  return r;
 }
 
 static tdm_status make_keyval(void) {
@@ -336,7 +346,7 @@ static flight_entry *entry_of(tdmi_watch *w, uint64_t seq) {
 }
 
 static void dump(tdmi_watch *w, const char *why) {
-  double t = now_s();
+  double t = tdmi_seconds_now();
   uint64_t shown = w->ctx->log_fp == stderr ? FLIGHT_SHOWN : FLIGHT_LEN;
   tdmi_log(w->ctx, TDM_LOG_WARN, "flight recorder (%s): the last %d "
            "collectives of rank %d, oldest first; %llu finished%s", why,
@@ -373,16 +383,14 @@ uint64_t tdmi_flight_begin(MPI_Comm comm, const char *what, size_t bytes) {
   uint64_t seq = ++w->next_seq;
   flight_entry *e = &w->ring[seq % FLIGHT_LEN];
   e->seq = seq;
-  e->comm_seq = next_on(comm);
+  comm_record *r = record_of(comm);
+  e->comm_seq = r ? ++r->count : 0;
+  snprintf(e->comm, sizeof e->comm, "%.*s", (int)sizeof e->comm - 1,
+           r ? r->name : "?"); /* tandem's names are short */
   e->waiters = 0;
   snprintf(e->what, sizeof e->what, "%s", what);
-  int len = 0;
-  e->comm[0] = '\0';
-  MPI_Comm_get_name(comm, e->comm, &len); /* set by tdmi_comm_dup */
-  if (!len)
-    snprintf(e->comm, sizeof e->comm, "?");
   e->bytes = bytes;
-  e->start = now_s();
+  e->start = tdmi_seconds_now();
   e->end = 0;
   e->state = ENTRY_RUNNING;
   pthread_mutex_unlock(&w->lock);
@@ -417,7 +425,7 @@ static void flight_end(tdmi_watch *w, uint64_t seq, int state) {
   flight_entry *e = entry_of(w, seq);
   if (e) {
     e->state = state;
-    e->end = now_s();
+    e->end = tdmi_seconds_now();
     e->waiters = 0;
   }
   if (state == ENTRY_DONE)
@@ -444,7 +452,7 @@ static void fill_answer(tdmi_watch *w, answer *a) {
                                          : RANK_BUSY;
   if (e) {
     a->seq = e->comm_seq;
-    a->waited = (e->state == ENTRY_TIMED_OUT ? e->end : now_s()) -
+    a->waited = (e->state == ENTRY_TIMED_OUT ? e->end : tdmi_seconds_now()) -
                 e->wait_start;
     snprintf(a->what, sizeof a->what, "%s", e->what);
     snprintf(a->comm, sizeof a->comm, "%s", e->comm);
@@ -509,7 +517,7 @@ static void ask(tdmi_watch *w, const int *ask_rank, answer *in, int *got,
             MPI_SUCCESS)
       continue; /* unreachable: it stays unanswered */
   }
-  double deadline = now_s() + window_s;
+  double deadline = tdmi_seconds_now() + window_s;
   for (long spins = 0;; spins++) {
     int missing = 0;
     for (int r = 0; r < w->size; r++) {
@@ -520,7 +528,7 @@ static void ask(tdmi_watch *w, const int *ask_rank, answer *in, int *got,
       missing += req[r] != MPI_REQUEST_NULL;
     }
     serve_locked(w);
-    if (!missing || now_s() > deadline)
+    if (!missing || tdmi_seconds_now() > deadline)
       break;
     pause_poll(spins);
   }
@@ -631,7 +639,7 @@ static tdm_status timed_out(tdmi_watch *w, uint64_t seq, double waited) {
   flight_entry *e = entry_of(w, seq);
   if (e) {
     e->state = ENTRY_TIMED_OUT;
-    e->end = now_s();
+    e->end = tdmi_seconds_now();
     mine = *e;
   }
   pthread_mutex_unlock(&w->lock);
@@ -695,7 +703,7 @@ tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
   }
   if (w->state >= RANK_DIAGNOSING)
     return broken_error(w, what);
-  double start = now_s();
+  double start = tdmi_seconds_now();
   pthread_mutex_lock(&w->lock);
   flight_entry *e = entry_of(w, seq);
   if (e) {
@@ -711,7 +719,7 @@ tdm_status tdmi_watch_wait(MPI_Comm comm, MPI_Request *req, uint64_t seq,
       return rc == MPI_SUCCESS ? TDM_SUCCESS : tdmi_mpi_error(rc, what);
     }
     serve(w);
-    double waited = now_s() - start;
+    double waited = tdmi_seconds_now() - start;
     if (w->timeout_s > 0 && waited > w->timeout_s)
       return timed_out(w, seq, waited);
     pause_poll(spins);
@@ -732,7 +740,7 @@ tdm_status tdmi_watch_idle(MPI_Comm comm, double *since, const char *what) {
     return TDM_SUCCESS;
   if (w->state >= RANK_DIAGNOSING)
     return broken_error(w, what);
-  double t = now_s();
+  double t = tdmi_seconds_now();
   if (*since == 0)
     *since = t;
   serve(w);
@@ -780,12 +788,12 @@ void tdmi_watch_settle(tdm_context *ctx) {
   if (in && got && pending) {
     memcpy(pending, w->responsive, nranks(w) * sizeof *pending);
     pthread_mutex_lock(&w->poll);
-    double deadline = now_s() + SETTLE_S;
+    double deadline = tdmi_seconds_now() + SETTLE_S;
     for (;;) {
       int left = 0;
       for (int r = 0; r < w->size; r++)
         left += pending[r] && r != w->rank;
-      if (!left || now_s() > deadline)
+      if (!left || tdmi_seconds_now() > deadline)
         break;
       ask(w, pending, in, got, 0.5);
       for (int r = 0; r < w->size; r++)
@@ -838,7 +846,7 @@ int tdmi_watch_offload(MPI_Comm comm, size_t bytes) {
          tdmi_thread_multiple();
 }
 
-static void deadline_in(struct timespec *t, long ns) {
+void tdmi_realtime_in(struct timespec *t, long ns) {
   clock_gettime(CLOCK_REALTIME, t);
   t->tv_nsec += ns;
   if (t->tv_nsec >= 1000000000L) {
@@ -875,7 +883,7 @@ tdm_status tdmi_watched_blocking(MPI_Comm comm, const char *what,
   tdm_status st = TDM_SUCCESS;
   while (!w->job_done) {
     struct timespec until;
-    deadline_in(&until, 1000000L); /* 1 ms: between answers to queries */
+    tdmi_realtime_in(&until, 1000000L); /* 1 ms: between answers */
     pthread_cond_timedwait(&w->job_cond, &w->job_lock, &until);
     if (w->job_done)
       break;

@@ -157,12 +157,7 @@ static void wait_all(tdm_engine *e) {
     double since = 0;
     while (e->nreduced < e->nbuckets) {
       struct timespec until;
-      clock_gettime(CLOCK_REALTIME, &until);
-      until.tv_nsec += 20 * 1000 * 1000;
-      if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-      }
+      tdmi_realtime_in(&until, 20 * 1000 * 1000);
       pthread_cond_timedwait(&e->cond, &e->lock, &until);
       tdm_status st = tdmi_watch_idle(e->comm, &since, "bucket reductions "
                                       "(communication thread)");

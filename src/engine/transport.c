@@ -305,12 +305,6 @@ tdm_status tdmi_xfer_wait(tdm_engine *e, tdmi_xfer *x) {
   return mpi_done(e, x);
 }
 
-static double seconds_now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 tdm_status tdmi_xport_watch(tdm_engine *e, const char *what) {
   tdmi_channel *ch = &e->reduce_ch;
   if (!on_nccl(e))
@@ -322,14 +316,14 @@ tdm_status tdmi_xport_watch(tdm_engine *e, const char *what) {
    * an NCCL wait cannot be diagnosed like MPI's. */
   double limit = e->ctx->config.timeout > 0 ? e->ctx->config.timeout
                                             : NCCL_WATCH_TIMEOUT_S;
-  double deadline = seconds_now() + limit;
+  double deadline = tdmi_seconds_now() + limit;
   for (;;) {
     int done = 0;
     TDMI_TRY(tdmi_event_query(ch->watch, &done));
     if (done)
       return TDM_SUCCESS;
     TDMI_TRY(tdmi_nccl_check(ch->nccl, what));
-    if (seconds_now() > deadline)
+    if (tdmi_seconds_now() > deadline)
       return tdmi_nccl_abort(ch->nccl, what, limit);
     struct timespec pause = {0, 50000}; /* between polls, not a sync */
     nanosleep(&pause, NULL);
