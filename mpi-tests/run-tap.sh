@@ -7,7 +7,10 @@
 # Exit status 77 from a program reports the run as skipped.
 prog=$1
 name=$(basename "$prog")
-timeout_s=${TDM_TEST_TIMEOUT:-120}
+# A hang guard, not a speed limit: sanitizer builds run several times
+# slower, and make check -j runs two tests side by side.
+if [ "${TDM_SANITIZERS:-no}" = yes ]; then timeout_s=${TDM_TEST_TIMEOUT:-300}
+else timeout_s=${TDM_TEST_TIMEOUT:-120}; fi
 MPIRUN=${MPIRUN:-mpirun}
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

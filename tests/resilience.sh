@@ -35,6 +35,10 @@ elapsed_below() { # start limit: whether now - start < limit
 start() {
   np=$1; shift
   tag=$tmp/job$n
+  # Emptied here, not by the background job's redirection: wait_for
+  # could otherwise read the last job's "step 50" and signal this job's
+  # rank inside MPI_Init, where nothing times out.
+  : >"$tmp/run.log"
   TDM_RES_TAG=$tag timeout -k 5 120 mpirun --oversubscribe --mca pml ob1 \
     $TDM_SANITIZER_MPI_ARGS ${MPIRUN_EXTRA:-} -np "$np" "$@" >"$tmp/run.log" 2>&1 &
   job=$!
