@@ -279,6 +279,17 @@ typedef struct tdm_options {
 
 tdm_status tdm_options_init(tdm_options *options);
 
+/* The settings tdm_init would use with these options (may be NULL), one
+ * line each with where its value came from -- "key = value (origin)",
+ * the origin being default, TANDEM_X, config file 'f' line N or
+ * tdm_options -- then the CPU kernels cpu_isa picks on this CPU.
+ * Reads the environment and the config file; needs no MPI.  Writes buf
+ * NUL-terminated, truncating like snprintf; *needed (may be NULL) is the
+ * length without the NUL.  An invalid setting fails as tdm_init would
+ * (0.5). */
+tdm_status tdm_options_report(const tdm_options *options, char *buf,
+                              size_t size, size_t *needed);
+
 /* ---- context ------------------------------------------------------------ */
 
 typedef struct tdm_context tdm_context;
@@ -1128,6 +1139,15 @@ tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
                                     tdm_dtype reduce_dtype,
                                     int states_per_param,
                                     uint64_t bytes[TDM_MEM_NUM_CATEGORIES]);
+
+/* What a model's weights hold, from the safetensors headers alone (no
+ * tensor data is read): path is a .safetensors file, an index
+ * (model.safetensors.index.json, whose files are in its folder) or a
+ * folder with either.  numel: elements of all tensors; bytes: their data
+ * bytes; tensors: how many (each may be NULL).  A corrupt header is
+ * TDM_ERR_FORMAT naming the file and the field (0.5). */
+tdm_status tdm_weights_info(const char *path, uint64_t *numel,
+                            uint64_t *bytes, int *tensors);
 
 /* ---- session: one engine, set up in one call ---------------------------- */
 /*

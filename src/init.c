@@ -10,6 +10,7 @@
 #include "tandem_mpi.h"
 #include "comm/comm.h"
 #include "device/device.h"
+#include "device/kernels.h"
 
 /* Whether tdm_init started MPI, and so must finalize it with the last
  * context. */
@@ -237,4 +238,26 @@ tdm_status tdm_abort(tdm_context *ctx, int exit_code) {
     tdmi_nccl_abort(ctx->nccl, "tdm_abort", 0.0);
   int rc = MPI_Abort(ctx->comm, exit_code);
   return tdmi_mpi_error(rc, "tdm_abort: MPI_Abort");
+}
+
+tdm_status tdm_options_report(const tdm_options *options, char *buf,
+                              size_t size, size_t *needed) {
+  if (!buf && size)
+    return tdmi_error(TDM_ERR_INVALID_ARGUMENT,
+                      "tdm_options_report: buf is NULL with size %zu", size);
+  if (buf && size)
+    buf[0] = '\0';
+  size_t len = 0;
+  tdmi_config cfg;
+  TDMI_TRY(tdmi_config_report(options, buf, size, &len, &cfg));
+  /* What cpu_isa picks here: the kernels tdm_engine_create would use. */
+  tdmi_kernels k;
+  tdm_status st = tdmi_kernels_init(&k, (tdm_cpu_isa)cfg.cpu_isa, 1);
+  tdmi_appendf(buf, size, &len, "%-28s = %-12s (%s)\n", "cpu kernels",
+               st == TDM_SUCCESS ? tdmi_cpu_isa_name(k.isa) : "none",
+               st == TDM_SUCCESS ? "cpu_isa on this CPU" : tdm_last_error());
+  tdmi_config_free(&cfg);
+  if (needed)
+    *needed = len;
+  return TDM_SUCCESS;
 }

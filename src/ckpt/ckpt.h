@@ -40,6 +40,16 @@ tdm_status tdmi_tensorio_write(MPI_Comm comm, const char *file,
 tdm_status tdmi_tensorio_read(MPI_Comm comm, const char *file,
                               const tdmi_pieces *p);
 
+/* Reads file's 8-byte length and JSON header (malloc'd *json, *n bytes,
+ * not NUL-terminated) and its size; nothing of the data section. */
+tdm_status tdmi_st_read_header(const char *file, char **json, uint64_t *n,
+                               uint64_t *size);
+
+/* Which safetensors files hold a model at path: a file, an index
+ * (model.safetensors.index.json: the files it names, in its folder) or a
+ * folder with either; malloc'd "file\n" lines. */
+tdm_status tdmi_model_files_local(const char *path, char **lines);
+
 /* Collective: rank 0 reads and validates the safetensors header of file,
  * every rank gets the parsed header (or the same error). */
 tdm_status tdmi_tensorio_header(MPI_Comm comm, const char *file,

@@ -65,10 +65,10 @@ static tdm_status resolve_checkpoint(const char *path, char *dir, size_t cap) {
   return tdmi_commit_verify(dir);
 }
 
-/* Rank 0: which safetensors files hold the model at path (a file, an
+/* Which safetensors files hold the model at path (a file, an
  * index, or a folder with either), as "file\n" lines; base is the folder
  * the index names files in. */
-static tdm_status model_files_local(const char *path, char **lines) {
+tdm_status tdmi_model_files_local(const char *path, char **lines) {
   char *index = NULL, *text = NULL;
   const char *base = path;
   size_t n = 0;
@@ -128,7 +128,7 @@ static tdm_status model_files(MPI_Comm comm, const char *path, char **lines) {
   int rank = 0;
   MPI_Comm_rank(comm, &rank);
   unsigned long long len = 0;
-  tdm_status st = rank == 0 ? model_files_local(path, lines) : TDM_SUCCESS;
+  tdm_status st = rank == 0 ? tdmi_model_files_local(path, lines) : TDM_SUCCESS;
   if (rank == 0 && st == TDM_SUCCESS)
     len = strlen(*lines);
   TDMI_TRY(tdmi_agree(comm, st, path));

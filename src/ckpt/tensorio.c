@@ -257,8 +257,8 @@ tdm_status tdmi_tensorio_read(MPI_Comm comm, const char *file,
 
 /* ---- the header: rank 0 reads it, every rank parses the same bytes ---- */
 
-static tdm_status read_header(const char *file, char **json, uint64_t *n,
-                              uint64_t *size) {
+tdm_status tdmi_st_read_header(const char *file, char **json, uint64_t *n,
+                               uint64_t *size) {
   FILE *fp = fopen(file, "rb");
   if (!fp)
     return tdmi_error(TDM_ERR_IO, "%s: cannot open: %s", file,
@@ -287,7 +287,7 @@ tdm_status tdmi_tensorio_header(MPI_Comm comm, const char *file,
   MPI_Comm_rank(comm, &rank);
   char *json = NULL;
   uint64_t meta[2] = {0, 0}; /* header bytes, file size */
-  tdm_status st = rank == 0 ? read_header(file, &json, &meta[0], &meta[1])
+  tdm_status st = rank == 0 ? tdmi_st_read_header(file, &json, &meta[0], &meta[1])
                             : TDM_SUCCESS;
   TDMI_TRY(tdmi_agree(comm, st, "reading a safetensors header"));
   TDMI_TRY(tdmi_bcast_bytes(comm, meta, sizeof meta, 0));

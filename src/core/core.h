@@ -35,6 +35,8 @@ tdm_status tdmi_mpi_error(int mpi_code, const char *call);
 
 /* ---- resolved options (options.c) ---- */
 
+#define TDMI_ORIGIN_LEN 200
+
 typedef struct {
   char *config_file; /* NULL when none */
   int log_level;
@@ -58,11 +60,22 @@ typedef struct {
   int timeout;       /* seconds; 0: none */
   int nonfinite;     /* tdm_nonfinite */
   int dump_on_signal;
+  /* NULL, or one origin per setting ("default", "TANDEM_X", "config file
+   * 'f' line 3", "tdm_options"), filled in by tdmi_config_report. */
+  char (*origin)[TDMI_ORIGIN_LEN];
 } tdmi_config;
 
 /* Merges defaults < config file < environment < api into *out. */
 tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out);
 void tdmi_config_free(tdmi_config *config);
+/* Resolves as tdmi_config_resolve, then appends to buf (snprintf-style
+ * at offset *len, which grows by what it needs) a line per setting:
+ * "key = value   (origin)"; *out (may be NULL) receives the config. */
+tdm_status tdmi_config_report(const tdm_options *api, char *buf, size_t size,
+                              size_t *len, tdmi_config *out);
+/* snprintf at buf + *len, counting what it needs in *len. */
+void tdmi_appendf(char *buf, size_t size, size_t *len, const char *format, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- the context (context.c) ---- */
 

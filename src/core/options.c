@@ -3,6 +3,8 @@
  * variable and the tdm_options field of a setting cannot drift apart. */
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -140,9 +142,16 @@ static int parse_index(const char *text) {
 
 /* Parses text for setting s into the config; where names the source for
  * the message ("TANDEM_LOG", "file 'x.yaml' line 3"). */
+static void note_origin(const setting *s, const char *where,
+                        tdmi_config *cfg) {
+  if (cfg->origin)
+    snprintf(cfg->origin[s - settings], TDMI_ORIGIN_LEN, "%s", where);
+}
+
 static tdm_status set_from_text(const setting *s, const char *text,
                                 const char *where, tdmi_config *cfg) {
   void *field = (char *)cfg + s->config_off;
+  note_origin(s, where, cfg);
   int v = 0;
   const char *expect = NULL;
   switch (s->kind) {
@@ -197,6 +206,11 @@ static tdm_status apply_pair(yaml_document_t *doc, yaml_node_pair_t *pair,
                       "config file '%s' line %lu: keys must be scalars", path,
                       line);
   const char *name = (const char *)key->data.scalar.value;
+  if (strcmp(name, "launch") == 0) /* the tandem command's: ranks, hosts */
+    return val->type == YAML_MAPPING_NODE
+               ? TDM_SUCCESS
+               : tdmi_error(TDM_ERR_CONFIG, "config file '%s' line %lu: "
+                            "'launch' must be a mapping", path, line);
   const setting *s = find_key(name);
   if (!s)
     return tdmi_error(TDM_ERR_CONFIG,
@@ -272,6 +286,7 @@ static tdm_status api_int(const setting *s, int v, tdmi_config *cfg) {
                       "tdm_options.%s = %d is out of range [%d, %d]", s->key,
                       v, min, max);
   *(int *)((char *)cfg + s->config_off) = v;
+  note_origin(s, "tdm_options", cfg);
   return TDM_SUCCESS;
 }
 
@@ -327,12 +342,14 @@ static tdm_status check_combination(const tdmi_config *c) {
   return TDM_SUCCESS;
 }
 
-tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
+static tdm_status resolve(const tdm_options *api, tdmi_config *out,
+                          char (*origin)[TDMI_ORIGIN_LEN]) {
   tdmi_config cfg = {NULL, TDM_LOG_WARN, NULL, 0, TDM_DEVICE_AUTO, TDM_UNSET,
                      25 << 20, 1 << 20, 1, TDM_PROGRESS_AUTO,
                      TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO,
                      0, TDM_OFFLOAD_NONE, 50 << 20, 100000,
-                     TDM_GPU_COLLECTIVES_AUTO, 600, TDM_NONFINITE_OFF, 0};
+                     TDM_GPU_COLLECTIVES_AUTO, 600, TDM_NONFINITE_OFF, 0,
+                     origin};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);
@@ -348,8 +365,76 @@ tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
     tdmi_config_free(&cfg);
     return st;
   }
+  cfg.origin = NULL;
   *out = cfg;
   return TDM_SUCCESS;
+}
+
+tdm_status tdmi_config_resolve(const tdm_options *api, tdmi_config *out) {
+  return resolve(api, out, NULL);
+}
+
+void tdmi_appendf(char *buf, size_t size, size_t *len, const char *format,
+                  ...) {
+  va_list ap;
+  va_start(ap, format);
+  int n = vsnprintf(buf && *len < size ? buf + *len : NULL,
+                    buf && *len < size ? size - *len : 0, format, ap);
+  va_end(ap);
+  *len += n > 0 ? (size_t)n : 0;
+}
+
+/* The value of setting s in cfg as the config file would spell it. */
+static void value_text(const setting *s, const tdmi_config *cfg, char *out,
+                       size_t size) {
+  const void *field = (const char *)cfg + s->config_off;
+  int v = s->kind == KIND_STRING ? 0 : *(const int *)field;
+  if (s->kind == KIND_STRING) {
+    const char *text = *(char *const *)field;
+    snprintf(out, size, "%s", text ? text : "");
+  } else if (s->kind == KIND_ENUM) {
+    snprintf(out, size, "%s", s->names->names[v]);
+  } else if (s->kind == KIND_BOOL) {
+    snprintf(out, size, "%s", v ? "true" : "false");
+  } else if (v == TDM_UNSET) {
+    snprintf(out, size, "auto");
+  } else {
+    snprintf(out, size, "%d", v);
+  }
+}
+
+tdm_status tdmi_config_report(const tdm_options *api, char *buf, size_t size,
+                              size_t *len, tdmi_config *out) {
+  char(*origin)[TDMI_ORIGIN_LEN] = calloc(NSETTINGS, sizeof *origin);
+  if (!origin)
+    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
+  for (size_t i = 0; i < NSETTINGS; i++)
+    snprintf(origin[i], TDMI_ORIGIN_LEN, "default");
+  tdmi_config cfg;
+  tdm_status st = resolve(api, &cfg, origin);
+  if (st == TDM_SUCCESS) {
+    const char *env = getenv("TANDEM_CONFIG");
+    int from_api = cfg.config_file && !(env && strcmp(env, cfg.config_file) == 0);
+    tdmi_appendf(buf, size, len, "%-28s = %-12s (%s)\n", "config_file",
+                 cfg.config_file ? cfg.config_file : "",
+                 !cfg.config_file ? "none"
+                 : from_api       ? "tdm_options"
+                                  : "TANDEM_CONFIG");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+      char value[256];
+      value_text(&settings[i], &cfg, value, sizeof value);
+      if (settings[i].kind == KIND_STRING && !*value)
+        snprintf(value, sizeof value, "stderr");
+      tdmi_appendf(buf, size, len, "%-28s = %-12s (%s)\n", settings[i].key,
+                   value, origin[i]);
+    }
+    if (out)
+      *out = cfg;
+    else
+      tdmi_config_free(&cfg);
+  }
+  free(origin);
+  return st;
 }
 
 void tdmi_config_free(tdmi_config *config) {

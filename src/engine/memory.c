@@ -2,7 +2,6 @@
  * optimizer is allocated here and counted by category, now and at peak,
  * so the report shows what each ZeRO stage really holds; the traffic of
  * the engine's collectives; and the ZeRO paper's formulas. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,17 +146,6 @@ static const char *const category_names[TDM_MEM_NUM_CATEGORIES] = {
     "comm buffers"};
 
 /* Appends to buf like snprintf, tracking the length it would need. */
-static void put(char *buf, size_t size, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void put(char *buf, size_t size, size_t *len, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(*len < size ? buf + *len : NULL,
-                    *len < size ? size - *len : 0, fmt, ap);
-  va_end(ap);
-  *len += n > 0 ? (size_t)n : 0;
-}
-
 /* The largest unit (KiB, MiB, GiB) in which the peak is at least 1. */
 static int unit_shift(uint64_t peak) {
   int shift = 0;
@@ -180,20 +168,20 @@ tdm_status tdm_memory_report(const tdm_engine *e, char *buf, size_t size,
   double unit = (double)(1ull << shift);
   size_t len = 0;
   uint64_t now = 0;
-  put(buf, size, &len, "rank %d memory (%s), zero stage %d:\n"
+  tdmi_appendf(buf, size, &len, "rank %d memory (%s), zero stage %d:\n"
       "  %-16s %12s %12s %12s %12s\n", e->ctx->rank, units[shift / 10],
       e->stage, "category", "host", "host peak", "device", "device peak");
   for (int c = 0; c < TDM_MEM_NUM_CATEGORIES; c++) {
-    put(buf, size, &len, "  %-16s %12.3f %12.3f %12.3f %12.3f\n",
+    tdmi_appendf(buf, size, &len, "  %-16s %12.3f %12.3f %12.3f %12.3f\n",
         category_names[c], m.current[c][TDM_MEM_HOST] / unit,
         m.peak[c][TDM_MEM_HOST] / unit, m.current[c][TDM_MEM_DEVICE] / unit,
         m.peak[c][TDM_MEM_DEVICE] / unit);
     now += m.current[c][TDM_MEM_HOST] + m.current[c][TDM_MEM_DEVICE];
   }
-  put(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "total", now / unit,
+  tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "total", now / unit,
       m.peak_total / unit);
   if (e->stage == 3)
-    put(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "gathered now",
+    tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "gathered now",
         m.gathered_params / unit, m.peak_gathered_params / unit);
   if (size && len >= size)
     buf[size - 1] = '\0';
