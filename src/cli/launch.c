@@ -335,8 +335,8 @@ static void srun_line(const spec *s, words *w, int ranks) {
 static int run(const char *cmd, spec *s, char *const *program) {
   if (!program[0])
     return cli_fail(cmd, "no program to launch (tandem %s --help)", cmd);
-  char path[PATH_MAX];
-  if (!find_program(program[0], path, sizeof path))
+  char path[PATH_MAX]; /* --dry-run: it may exist on the nodes only */
+  if (!s->dry_run && !find_program(program[0], path, sizeof path))
     return cli_fail(cmd, "%s: no such executable%s", program[0],
                     strchr(program[0], '/') ? "" : " on PATH");
   int nargs = 0;

@@ -54,7 +54,6 @@ int main(int argc, char **argv) {
   for (int i = 0; i < NCOMMANDS; i++)
     if (strcmp(argv[1], commands[i].name) == 0)
       return commands[i].run(argc - 1, argv + 1);
-  fprintf(stderr, "tandem: '%s' is not a command\n", argv[1]);
-  usage(stderr);
+  fprintf(stderr, "tandem: '%s' is not a command (tandem --help)\n", argv[1]);
   return CLI_USAGE;
 }
