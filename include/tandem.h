@@ -1149,6 +1149,20 @@ tdm_status tdm_estimate_model_state(uint64_t numel, int world_size,
 tdm_status tdm_weights_info(const char *path, uint64_t *numel,
                             uint64_t *bytes, int *tensors);
 
+/* Rewrites the weights at in (as tdm_weights_info takes them) as
+ * safetensors at out: one file when max_shard_bytes is 0, else a folder
+ * out of shards model-0000K-of-0000N.safetensors of at most
+ * max_shard_bytes data bytes each (a larger tensor gets one of its own)
+ * and model.safetensors.index.json.  dtype TDM_UNSET keeps each tensor's
+ * dtype; TDM_F32, TDM_BF16 or TDM_F16 converts every floating tensor
+ * (f64, f32, bf16, f16) to it, rounding to nearest even (through f32
+ * from f64 and between the 16-bit types); other tensors are copied.  One
+ * tensor is in memory at a time.  Each file is written under a
+ * temporary name and renamed when complete.  Names, shapes and order are
+ * kept; a name in two input files is TDM_ERR_FORMAT (0.5). */
+tdm_status tdm_weights_convert(const char *in, const char *out, int dtype,
+                               uint64_t max_shard_bytes);
+
 /* ---- session: one engine, set up in one call ---------------------------- */
 /*
  * For a program with one engine, what tdm_init, tdm_get_rank,

@@ -11,6 +11,10 @@
 #  - estimate-memory: the ZeRO paper's 7.5B-parameter, 64-rank row (120,
 #    31.4, 16.6, 1.9 GB) and the element count of safetensors files
 #    written by Python (one file, and shards with their index);
+#  - convert: Python-written shards merged bit for bit, split into shards
+#    under a size with their index, exported in bf16 and f16 with round
+#    to nearest even (tests/check_convert.py); a checkpoint of
+#    examples/mlp exported in bf16;
 #  - env: the version and every setting's origin;
 #  - test passes at N = 1-4 and fails, visibly, with a fault injected;
 #  - bad input: one line on stderr and exit status 2, never a crash.
@@ -118,6 +122,22 @@ from_safetensors() {
     awk -F'"device_bytes": ' '/"zero_stage": 0/ { split($2, v, ","); print v[1] }')
   same "$got" "$((16 * want))"
 }
+convert_python() {
+  [ -d "$tmp/w" ] || "$python" "$src/tests/gen_cli_weights.py" "$tmp/w" >/dev/null || return 1
+  "$tandem" convert "$tmp/w/sharded" "$tmp/merged.safetensors" &&
+  "$tandem" convert --dtype bf16 --max-shard-size 20kB "$tmp/w/model.safetensors" "$tmp/split" &&
+  "$tandem" convert --dtype f16 "$tmp/w/sharded/model.safetensors.index.json" "$tmp/f16.safetensors" &&
+  "$python" "$src/tests/check_convert.py" "$tmp/w/model.safetensors" "$tmp/merged.safetensors" \
+    "$tmp/split" 20000 "$tmp/f16.safetensors"
+}
+convert_checkpoint() {
+  timeout -k 5 120 "$tandem" launch -n 2 $extra "$mlp" --steps 100 --save-dir "$tmp/ck" \
+    --save-every 100 >"$tmp/run.log" 2>&1 || { cat "$tmp/run.log"; return 1; }
+  out=$("$tandem" convert --dtype bf16 "$tmp/ck/checkpoint-100" "$tmp/ck.bf16.safetensors") || return 1
+  f32=$("$tandem" estimate-memory "$tmp/ck/checkpoint-100" -n 1 --dtype f32 | head -1)
+  numel=$(echo "$f32" | sed -n 's/.*tensors, \([0-9]*\) parameters.*/\1/p')
+  echo "$out" | grep -q "tensors, $numel parameters, $((2 * numel)) data bytes" || { echo "$f32"; echo "$out"; return 1; }
+}
 env_report() {
   out=$(TANDEM_ZERO_STAGE=1 "$tandem" env) || return 1
   version=$("$tandem" --version)
@@ -169,6 +189,12 @@ bad_input() {
   bad "$tandem" estimate-memory "$tmp/zero.safetensors" &&
   bad "$tandem" estimate-memory "$tmp/corrupt.safetensors" &&
   bad "$tandem" estimate-memory "$tmp/missing.safetensors" &&
+  bad "$tandem" convert "$tmp/corrupt.safetensors" "$tmp/x.safetensors" &&
+  bad "$tandem" convert "$tmp/missing" "$tmp/x.safetensors" &&
+  bad "$tandem" convert --dtype int8 a b &&
+  bad "$tandem" convert --max-shard-size huge a b &&
+  bad "$tandem" convert onlyone &&
+  [ ! -e "$tmp/x.safetensors" ] &&
   bad "$tandem" config --non-interactive --file "$tmp/c.yaml" --ranks 0 &&
   bad "$tandem" config --file "$tmp/c.yaml" </dev/null
 }
@@ -190,6 +216,12 @@ if [ -n "$python" ]; then
 else
   skip "estimate-memory from safetensors written by Python" "no python3 with numpy and safetensors"
 fi
+if [ -n "$python" ]; then
+  check "convert: merged bit for bit, split by size, bf16 and f16 as Python rounds" convert_python
+else
+  skip "convert against Python" "no python3 with numpy and safetensors"
+fi
+check "convert: a checkpoint of examples/mlp exported in bf16" convert_checkpoint
 check "env: the version, MPI, and each setting's origin" env_report
 for np in ${CLI_TEST_NPS:-1 2 3 4}; do
   check "test passes on $np ranks" self_test "$np"

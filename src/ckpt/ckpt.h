@@ -202,6 +202,10 @@ void tdmi_ckpt_put_path(const tdm_checkpoint_options *o, const char *dir);
 
 /* dir/name, malloc'd (NULL when out of memory). */
 char *tdmi_path_in(const char *dir, const char *name);
+/* out[i] = in[i] between any two of f64, f32, bf16 and f16 (through f32
+ * between 16-bit types and from f64 to them), or a copy when from == to. */
+tdm_status tdmi_ckpt_convert(tdm_dtype from, const void *in, tdm_dtype to,
+                             void *out, size_t n);
 tdm_status tdmi_ckpt_no_memory(void);
 /* Rank 0: a small file of the checkpoint, fsynced. */
 tdm_status tdmi_ckpt_write_small(const char *dir, const char *name,

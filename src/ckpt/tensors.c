@@ -64,8 +64,8 @@ static void own_range(const tdmi_ckpt_ctx *c, const tdmi_param *p, size_t *lo,
 
 static int is_half(tdm_dtype d) { return d == TDM_BF16 || d == TDM_F16; }
 
-static tdm_status convert(tdm_dtype from, const void *in, tdm_dtype to,
-                          void *out, size_t n) {
+tdm_status tdmi_ckpt_convert(tdm_dtype from, const void *in, tdm_dtype to,
+                             void *out, size_t n) {
   if (from == to) {
     memcpy(out, in, n * tdmi_dtype_size(from));
     return TDM_SUCCESS;
@@ -127,7 +127,7 @@ static tdm_status stage(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it,
                       "%zu elements of %s", n, it->name);
   tdm_status st;
   if (c->loading) {
-    st = convert(it->dtype, bytes, p->dtype, tmp, n);
+    st = tdmi_ckpt_convert(it->dtype, bytes, p->dtype, tmp, n);
     if (st == TDM_SUCCESS)
       st = tdmi_ops_copy(&c->e->ops, arr, tmp, n * asize);
   } else {
@@ -135,7 +135,7 @@ static tdm_status stage(const tdmi_ckpt_ctx *c, const tdmi_ckpt_item *it,
     if (st == TDM_SUCCESS)
       st = tdmi_ops_synchronize(&c->e->ops);
     if (st == TDM_SUCCESS)
-      st = convert(p->dtype, tmp, it->dtype, bytes, n);
+      st = tdmi_ckpt_convert(p->dtype, tmp, it->dtype, bytes, n);
   }
   if (st == TDM_SUCCESS) /* tmp is freed once its copy has run */
     st = tdmi_ops_synchronize(&c->e->ops);

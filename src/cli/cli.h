@@ -51,6 +51,7 @@ int cli_launch(int argc, char **argv);
 int cli_env(int argc, char **argv);
 int cli_estimate_memory(int argc, char **argv);
 int cli_test(int argc, char **argv);
+int cli_convert(int argc, char **argv);
 
 /* The launch line for program (argv, NULL-terminated) from launch's own
  * flags in argv: used by tandem test to start its workers.  Runs or

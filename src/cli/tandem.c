@@ -16,6 +16,8 @@ static const struct {
     {"estimate-memory", cli_estimate_memory,
      "model-state bytes per rank by dtype, ZeRO stage, offload, ranks"},
     {"test", cli_test, "a distributed self-test of this installation"},
+    {"convert", cli_convert,
+     "merge or split safetensors weights, or export them in bf16/f16"},
 };
 #define NCOMMANDS (int)(sizeof commands / sizeof commands[0])
 
