@@ -236,9 +236,14 @@ static tdm_status write_shards(const inputs *in, uint64_t max,
   if (st == TDM_SUCCESS)
     st = tdmi_index_dump(total, names, files, in->n, &json);
   char *index = st == TDM_SUCCESS ? tdmi_path_in(dir, TDMI_CKPT_INDEX) : NULL;
+  char tmp[4200];
+  if (index)
+    snprintf(tmp, sizeof tmp, "%s.tmp-%d", index, (int)getpid());
   if (st == TDM_SUCCESS)
-    st = index ? tdmi_write_file(index, json, strlen(json))
+    st = index ? tdmi_write_file(tmp, json, strlen(json))
                : tdmi_ckpt_no_memory();
+  if (st == TDM_SUCCESS && rename(tmp, index) != 0)
+    st = io_fail("cannot rename to it", index);
   free(index);
   free(json);
   free(first), free(names), free(files), free(shard);

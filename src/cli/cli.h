@@ -42,6 +42,12 @@ typedef struct {
 int cli_read_launch_config(const char *cmd, const char *file,
                            cli_launch_config *out);
 
+/* The error for getopt_long's '?': a missing value or an unknown option
+ * (argv[optind - 1]); returns CLI_USAGE. */
+struct option;
+int cli_bad_option(const char *cmd, char **argv, const struct option *opts,
+                   const char *shortopts);
+
 /* Parses a positive count with an optional K, M, B or T suffix (10^3..)
  * or a power of ten ("7.5B", "1.3e9"); 0 on error. */
 uint64_t cli_parse_count(const char *text);

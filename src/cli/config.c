@@ -75,6 +75,9 @@ static int ask(const char *question, const char *fallback, char *out,
                size_t cap, int (*check)(const char *, const void *,
                                         const char **),
                const void *arg) {
+  char keep[1100]; /* fallback may be out itself (a flag's value) */
+  snprintf(keep, sizeof keep, "%s", fallback);
+  fallback = keep;
   for (;;) {
     printf("%s [%s]: ", question, fallback);
     fflush(stdout);
@@ -118,14 +121,16 @@ static int check_setting(const char *text, const void *arg, const char **why) {
 
 static int wizard(answers *a) {
   printf("tandem config: Enter keeps the value in brackets.\n");
-  if (ask("Number of ranks", "1", a->ranks, sizeof a->ranks, check_count, NULL) ||
-      ask("Hosts, comma-separated (none: this machine)", "none", a->hosts,
+  /* flags given with the wizard are its defaults */
+  if (ask("Number of ranks", a->ranks[0] ? a->ranks : "1", a->ranks, sizeof a->ranks, check_count, NULL) ||
+      ask("Hosts, comma-separated (none: this machine)",
+          a->hosts[0] ? a->hosts : "none", a->hosts,
           sizeof a->hosts, check_hosts, NULL))
     return CLI_USAGE;
   if (strcmp(a->hosts, "none") == 0)
-    a->hosts[0] = '\0';
+    a->hosts[0] = a->per_node[0] = '\0';
   if (a->hosts[0] &&
-      ask("Ranks per node", "1", a->per_node, sizeof a->per_node, check_count,
+      ask("Ranks per node", a->per_node[0] ? a->per_node : "1", a->per_node, sizeof a->per_node, check_count,
           NULL))
     return CLI_USAGE;
   for (size_t q = 0; q < sizeof asked / sizeof asked[0]; q++) {
@@ -138,7 +143,8 @@ static int wizard(answers *a) {
              s->choices ? " (" : "", s->choices ? s->choices : "",
              s->choices ? ")" : "");
     setting_arg sa = {s, a};
-    if (ask(question, s->fallback, a->value[index_of(s)],
+    const char *now = a->value[index_of(s)];
+    if (ask(question, now[0] ? now : s->fallback, a->value[index_of(s)],
             sizeof a->value[0], check_setting, &sa))
       return CLI_USAGE;
   }
@@ -243,8 +249,7 @@ int cli_config(int argc, char **argv) {
     }
     case 'h': config_usage(stdout); return 0;
     default:
-      return cli_fail(cmd, "%s: %s (tandem config --help)", argv[optind - 1],
-                      optopt || index >= 0 ? "needs a value" : "unknown option");
+      return cli_bad_option(cmd, argv, opts, "f:n:h");
     }
   }
   if (optind < argc)

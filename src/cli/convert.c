@@ -65,8 +65,7 @@ int cli_convert(int argc, char **argv) {
              "converts every floating tensor (round to nearest even).\n");
       return 0;
     default:
-      return cli_fail(cmd, "%s: %s (tandem convert --help)", argv[optind - 1],
-                      optopt ? "needs a value" : "unknown option");
+      return cli_bad_option(cmd, argv, opts, "h");
     }
   }
   if (argc - optind != 2)

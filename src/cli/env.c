@@ -162,8 +162,7 @@ int cli_env(int argc, char **argv) {
              "each value comes from: default, TANDEM_*, the config file).\n");
       return 0;
     } else {
-      return cli_fail(cmd, "%s: %s (tandem env --help)", argv[optind - 1],
-                      optopt ? "needs a value" : "unknown option");
+      return cli_bad_option(cmd, argv, opts, "h");
     }
   }
   if (optind < argc)

@@ -254,8 +254,7 @@ int cli_estimate_memory(int argc, char **argv) {
     case 'j': json = 1; break;
     case 'h': estimate_usage(stdout); return 0;
     default:
-      return cli_fail(cmd, "%s: %s (tandem %s --help)", argv[optind - 1],
-                      optopt ? "needs a value" : "unknown option", cmd);
+      return cli_bad_option(cmd, argv, opts, "n:h");
     }
   }
   if (optind < argc) {

@@ -170,15 +170,8 @@ static int parse(const char *cmd, int argc, char **argv, spec *s,
       launch_usage(cmd, stdout);
       exit(0);
     }
-    if (c == '?' || c == ':') {
-      const char *bad = argv[optind - 1];
-      if (optopt && strchr("n", optopt))
-        return cli_fail(cmd, "-%c needs a value", optopt);
-      return cli_fail(cmd, "%s: %s (tandem %s --help)", bad,
-                      optopt || index >= 0 ? "needs a value"
-                                           : "unknown option",
-                      cmd);
-    }
+    if (c == '?' || c == ':')
+      return cli_bad_option(cmd, argv, opts, "+n:h");
     if (option(cmd, s, c, index >= 0 ? opts[index].name : "", optarg) != 0)
       return CLI_USAGE;
   }
@@ -267,7 +260,11 @@ static void mpirun_line(const spec *s, words *w, int ranks) {
   w->v[w->n++] = mpirun && *mpirun ? mpirun : "mpirun";
   w->v[w->n++] = "-np";
   w->v[w->n++] = keep(w, "%d", ranks);
-  const char *hosts = s->hosts ? s->hosts : s->file.hosts[0] ? s->file.hosts : NULL;
+  /* a flag beats the config file's launch: section */
+  const char *hosts = s->hosts      ? s->hosts
+                      : s->hostfile ? NULL
+                      : s->file.hosts[0] ? s->file.hosts
+                                         : NULL;
   const char *hostfile = s->hostfile ? s->hostfile
                          : !s->hosts && s->file.hostfile[0] ? s->file.hostfile
                                                             : NULL;

@@ -215,6 +215,7 @@ static void training_item(int stage) {
   o.zero3_persistence_threshold = 0; /* stage 3 gathers for real */
   o.device = TDM_DEVICE_CPU;
   o.mixed_precision = TDM_PRECISION_NO;
+  o.offload = TDM_OFFLOAD_NONE; /* whatever TANDEM_OFFLOAD says */
   tdm_context *ctx = NULL;
   tdm_engine *e = NULL;
   tdm_optimizer *opt = NULL;

@@ -1,7 +1,9 @@
 /* settings.c - the library settings the commands take as flags, checked
  * by the library's own parser; the launch section of a config file;
  * counts with suffixes. */
+#define _GNU_SOURCE /* getopt_long */
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +56,24 @@ int cli_setting_valid(const cli_setting *s, const char *value,
   free(saved);
   *why = message;
   return st == TDM_SUCCESS;
+}
+
+int cli_bad_option(const char *cmd, char **argv, const struct option *opts,
+                   const char *shortopts) {
+  const char *bad = argv[optind - 1];
+  int missing = 0;
+  if (strncmp(bad, "--", 2) == 0) {
+    size_t len = strcspn(bad + 2, "=");
+    for (const struct option *o = opts; o->name; o++)
+      if (strlen(o->name) == len && strncmp(o->name, bad + 2, len) == 0)
+        missing = o->has_arg == required_argument;
+  } else if (bad[0] == '-' && bad[1]) {
+    const char *c = optopt > 0 && optopt < 128 ? strchr(shortopts, optopt) : NULL;
+    missing = c && c[1] == ':';
+  }
+  if (missing)
+    return cli_fail(cmd, "%s needs a value (tandem %s --help)", bad, cmd);
+  return cli_fail(cmd, "%s: unknown option (tandem %s --help)", bad, cmd);
 }
 
 uint64_t cli_parse_count(const char *text) {
