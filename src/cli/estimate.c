@@ -39,7 +39,7 @@ static void estimate_usage(FILE *out) {
           "      --params N       parameter count: 7.5B, 125M, 1.3e9, ...\n"
           "      --layers LIST    shapes, comma-separated: 768x3072,3072,12*768x768\n"
           "  -n, --ranks LIST     world sizes (default 1,8,64)\n"
-          "      --dtype LIST     f32, bf16, fp16 (default all three)\n"
+          "      --dtype LIST     f32, bf16, fp16 or f16 (default all three)\n"
           "      --optimizer O    adamw, adam, sgd, sgd-momentum or lion (default\n"
           "                       adamw: 2 f32 states per parameter)\n"
           "      --reduce-dtype R compute (default: gradients in the compute dtype,\n"
@@ -224,13 +224,14 @@ int cli_estimate_memory(int argc, char **argv) {
            t = strtok_r(NULL, ",", &save)) {
         int found = 0;
         for (int d = 0; d < NDTYPES; d++)
-          if (strcmp(t, dtypes[d].name) == 0)
+          if (strcmp(t, dtypes[d].name) == 0 ||
+              (d == 2 && strcmp(t, "f16") == 0)) /* as convert spells it */
             want[d] = found = 1;
         ok &= found;
       }
       free(copy);
       if (!ok || !(want[0] | want[1] | want[2]))
-        return cli_fail(cmd, "--dtype '%s': expected f32, bf16 and/or fp16",
+        return cli_fail(cmd, "--dtype '%s': expected f32, bf16 and/or fp16 (f16)",
                         optarg);
       break;
     }
