@@ -44,6 +44,8 @@ tdm_status tdmi_tensorio_read(MPI_Comm comm, const char *file,
  * not NUL-terminated) and its size; nothing of the data section. */
 tdm_status tdmi_st_read_header(const char *file, char **json, uint64_t *n,
                                uint64_t *size);
+/* tdmi_st_read_header, then tdmi_st_parse: file's header, validated. */
+tdm_status tdmi_st_load_header(const char *file, tdmi_st_header *h);
 
 /* Which safetensors files hold a model at path: a file, an index
  * (model.safetensors.index.json: the files it names, in its folder) or a
@@ -72,6 +74,12 @@ tdm_status tdmi_commit_begin(const char *root, const char *final,
                              const char *tmp);
 /* Writes bytes to path and fsyncs it. */
 tdm_status tdmi_write_file(const char *path, const void *bytes, size_t n);
+/* Writes all n bytes to fd (path names it in errors), across short
+ * writes and EINTR. */
+tdm_status tdmi_write_fd(int fd, const void *bytes, size_t n,
+                         const char *path);
+/* TDM_ERR_IO "path: what: strerror(errno)". */
+tdm_status tdmi_io_error(const char *what, const char *path);
 /* Reads the whole (small) file into malloc'd *bytes (NUL-terminated);
  * TDM_ERR_FORMAT when it exceeds max bytes. */
 tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,

@@ -18,17 +18,17 @@
 
 #define MAX_MARKER (1u << 20)
 
-static tdm_status io_error(const char *what, const char *path) {
+tdm_status tdmi_io_error(const char *what, const char *path) {
   return tdmi_error(TDM_ERR_IO, "%s: %s: %s", path, what, strerror(errno));
 }
 
 static tdm_status fsync_path(const char *path) {
   int fd = open(path, O_RDONLY);
   if (fd < 0)
-    return io_error("cannot open to fsync", path);
+    return tdmi_io_error("cannot open to fsync", path);
   int rc = fsync(fd);
   close(fd);
-  return rc == 0 ? TDM_SUCCESS : io_error("fsync failed", path);
+  return rc == 0 ? TDM_SUCCESS : tdmi_io_error("fsync failed", path);
 }
 
 static char *join(const char *dir, const char *name) {
@@ -39,26 +39,32 @@ static char *join(const char *dir, const char *name) {
   return s;
 }
 
-tdm_status tdmi_write_file(const char *path, const void *bytes, size_t n) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0)
-    return io_error("cannot create", path);
-  const char *p = bytes;
-  while (n > 0) {
+tdm_status tdmi_write_fd(int fd, const void *bytes, size_t n,
+                         const char *path) {
+  for (const char *p = bytes; n > 0;) {
     ssize_t w = write(fd, p, n);
     if (w < 0 && errno == EINTR)
       continue;
-    if (w <= 0) {
-      tdm_status st = io_error("write failed", path);
-      close(fd);
-      return st;
-    }
+    if (w <= 0)
+      return tdmi_io_error("write failed", path);
     p += w;
     n -= (size_t)w;
   }
+  return TDM_SUCCESS;
+}
+
+tdm_status tdmi_write_file(const char *path, const void *bytes, size_t n) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0)
+    return tdmi_io_error("cannot create", path);
+  tdm_status st = tdmi_write_fd(fd, bytes, n, path);
+  if (st != TDM_SUCCESS) {
+    close(fd);
+    return st;
+  }
   int rc = fsync(fd);
   if (close(fd) != 0 || rc != 0)
-    return io_error("fsync failed", path);
+    return tdmi_io_error("fsync failed", path);
   return TDM_SUCCESS;
 }
 
@@ -66,11 +72,11 @@ tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,
                           size_t *n) {
   FILE *fp = fopen(path, "rb");
   if (!fp)
-    return io_error("cannot open", path);
+    return tdmi_io_error("cannot open", path);
   struct stat sb;
   tdm_status st = TDM_SUCCESS;
   if (fstat(fileno(fp), &sb) != 0)
-    st = io_error("cannot stat", path);
+    st = tdmi_io_error("cannot stat", path);
   else if ((uint64_t)sb.st_size > max)
     st = tdmi_error(TDM_ERR_FORMAT, "%s: %lld bytes, more than the %zu a "
                     "file of this kind may have", path,
@@ -78,7 +84,7 @@ tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,
   else if (!(*bytes = malloc((size_t)sb.st_size + 1)))
     st = tdmi_error(TDM_ERR_NO_MEMORY, "%s: out of memory", path);
   else if (fread(*bytes, 1, (size_t)sb.st_size, fp) != (size_t)sb.st_size) {
-    st = io_error("read failed", path);
+    st = tdmi_io_error("read failed", path);
     free(*bytes);
   }
   fclose(fp);
@@ -96,7 +102,7 @@ typedef tdm_status (*entry_fn)(const char *path, const char *name, void *arg);
 static tdm_status each_entry(const char *dir, entry_fn fn, void *arg) {
   DIR *d = opendir(dir);
   if (!d)
-    return io_error("cannot open folder", dir);
+    return tdmi_io_error("cannot open folder", dir);
   tdm_status st = TDM_SUCCESS;
   for (struct dirent *ent; st == TDM_SUCCESS && (ent = readdir(d));) {
     if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
@@ -119,11 +125,11 @@ static tdm_status remove_entry(const char *path, const char *name, void *arg) {
 tdm_status tdmi_remove_tree(const char *path) {
   struct stat sb;
   if (lstat(path, &sb) != 0)
-    return errno == ENOENT ? TDM_SUCCESS : io_error("cannot stat", path);
+    return errno == ENOENT ? TDM_SUCCESS : tdmi_io_error("cannot stat", path);
   if (!S_ISDIR(sb.st_mode))
-    return unlink(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+    return unlink(path) == 0 ? TDM_SUCCESS : tdmi_io_error("cannot remove", path);
   TDMI_TRY(each_entry(path, remove_entry, NULL));
-  return rmdir(path) == 0 ? TDM_SUCCESS : io_error("cannot remove", path);
+  return rmdir(path) == 0 ? TDM_SUCCESS : tdmi_io_error("cannot remove", path);
 }
 
 /* ---- the done marker ---- */
@@ -139,7 +145,7 @@ static tdm_status list_entry(const char *path, const char *name, void *arg) {
   if (name[0] == '.' || !strcmp(name, TDMI_CKPT_DONE))
     return TDM_SUCCESS;
   if (stat(path, &sb) != 0)
-    return io_error("cannot stat", path);
+    return tdmi_io_error("cannot stat", path);
   size_t need = t->len + strlen(name) + 32;
   if (need > t->cap) {
     char *grown = realloc(t->text, 2 * need);
@@ -169,7 +175,7 @@ static tdm_status write_marker(const char *dir) {
   if (st == TDM_SUCCESS)
     st = tdmi_write_file(part, t.text, t.len);
   if (st == TDM_SUCCESS && rename(part, marker) != 0)
-    st = io_error("cannot rename the done marker into place", marker);
+    st = tdmi_io_error("cannot rename the done marker into place", marker);
   free(part);
   free(marker);
   free(t.text);
@@ -277,7 +283,7 @@ static tdm_status make_dirs(const char *path) {
       continue;
     *c = '\0';
     if (mkdir(p, 0755) != 0 && errno != EEXIST)
-      st = io_error("cannot create folder", p);
+      st = tdmi_io_error("cannot create folder", p);
     if (last)
       break;
     *c = '/';
@@ -302,7 +308,7 @@ tdm_status tdmi_commit_begin(const char *root, const char *final,
   TDMI_TRY(make_dirs(root));
   TDMI_TRY(each_entry(root, remove_leftover, (void *)(strrchr(final, '/') + 1)));
   if (mkdir(tmp, 0755) != 0)
-    return io_error("cannot create folder", tmp);
+    return tdmi_io_error("cannot create folder", tmp);
   return TDM_SUCCESS;
 }
 
@@ -323,7 +329,7 @@ tdm_status tdmi_commit_finish(const char *root, const char *tmp,
   struct stat sb;
   if (stat(final, &sb) != 0) { /* the usual case: rename, then mark */
     if (rename(tmp, final) != 0)
-      return io_error("cannot rename the new checkpoint into place", final);
+      return tdmi_io_error("cannot rename the new checkpoint into place", final);
     TDMI_TRY(fsync_path(root));
     TDMI_TRY(write_marker(final));
     return fsync_path(final);
@@ -334,7 +340,7 @@ tdm_status tdmi_commit_finish(const char *root, const char *tmp,
   TDMI_TRY(write_marker(tmp));
   TDMI_TRY(fsync_path(tmp));
   if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) != 0)
-    return io_error("cannot exchange the new checkpoint with the old", final);
+    return tdmi_io_error("cannot exchange the new checkpoint with the old", final);
   TDMI_TRY(fsync_path(root));
   return tdmi_remove_tree(tmp); /* now the old one */
 }

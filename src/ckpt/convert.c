@@ -54,14 +54,9 @@ static tdm_status read_inputs(const char *path, int dtype, inputs *in) {
   int f = 0, total = 0;
   for (char *file = strtok_r(lines, "\n", &save); st == TDM_SUCCESS && file;
        file = strtok_r(NULL, "\n", &save), f++) {
-    char *json = NULL;
-    uint64_t n = 0, size = 0;
     in->files[f] = strdup(file);
-    st = in->files[f] ? tdmi_st_read_header(file, &json, &n, &size)
+    st = in->files[f] ? tdmi_st_load_header(file, &in->headers[f])
                       : tdmi_ckpt_no_memory();
-    if (st == TDM_SUCCESS)
-      st = tdmi_st_parse(file, json, n, size, &in->headers[f]);
-    free(json);
     total += st == TDM_SUCCESS ? in->headers[f].ntensors : 0;
   }
   free(lines);
@@ -94,29 +89,11 @@ static tdm_status read_inputs(const char *path, int dtype, inputs *in) {
   return st;
 }
 
-static tdm_status io_fail(const char *what, const char *path) {
-  return tdmi_error(TDM_ERR_IO, "%s: %s: %s", path, what, strerror(errno));
-}
-
-static tdm_status write_all(int fd, const void *bytes, size_t n,
-                            const char *path) {
-  for (const char *p = bytes; n > 0;) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return io_fail("write failed", path);
-    p += w;
-    n -= (size_t)w;
-  }
-  return TDM_SUCCESS;
-}
-
 static tdm_status read_at(const char *file, uint64_t off, void *bytes,
                           size_t n) {
   int fd = open(file, O_RDONLY);
   if (fd < 0)
-    return io_fail("cannot open", file);
+    return tdmi_io_error("cannot open", file);
   size_t got = 0;
   while (got < n) {
     ssize_t r = pread(fd, (char *)bytes + got, n - got, (off_t)(off + got));
@@ -146,7 +123,7 @@ static tdm_status copy_tensor(const source *s, int fd, const char *path) {
     st = tdmi_ckpt_convert((tdm_dtype)s->t->dtype, in, s->to, out,
                            (size_t)s->t->numel);
   if (st == TDM_SUCCESS)
-    st = write_all(fd, out, (size_t)s->out_bytes, path);
+    st = tdmi_write_fd(fd, out, (size_t)s->out_bytes, path);
   if (out != in)
     free(out);
   free(in);
@@ -174,17 +151,17 @@ static tdm_status write_file(const inputs *in, int first, int last,
   snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid());
   int fd = st == TDM_SUCCESS ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
   if (st == TDM_SUCCESS && fd < 0)
-    st = io_fail("cannot create", tmp);
+    st = tdmi_io_error("cannot create", tmp);
   if (st == TDM_SUCCESS)
-    st = write_all(fd, head, len, tmp);
+    st = tdmi_write_fd(fd, head, len, tmp);
   for (int i = first; st == TDM_SUCCESS && i < last; i++)
     st = copy_tensor(&in->v[i], fd, tmp);
   if (st == TDM_SUCCESS && fsync(fd) != 0)
-    st = io_fail("fsync failed", tmp);
+    st = tdmi_io_error("fsync failed", tmp);
   if (fd >= 0 && close(fd) != 0 && st == TDM_SUCCESS)
-    st = io_fail("close failed", tmp);
+    st = tdmi_io_error("close failed", tmp);
   if (st == TDM_SUCCESS && rename(tmp, path) != 0)
-    st = io_fail("cannot rename to it", path);
+    st = tdmi_io_error("cannot rename to it", path);
   if (st != TDM_SUCCESS && fd >= 0)
     unlink(tmp);
   free(head);
@@ -210,7 +187,7 @@ static int plan(const inputs *in, uint64_t max, int *first) {
 static tdm_status write_shards(const inputs *in, uint64_t max,
                                const char *dir) {
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-    return io_fail("cannot create the folder", dir);
+    return tdmi_io_error("cannot create the folder", dir);
   int *first = calloc((size_t)in->n + 2, sizeof *first);
   const char **names = calloc((size_t)in->n + 1, sizeof *names);
   const char **files = calloc((size_t)in->n + 1, sizeof *files);
@@ -243,7 +220,7 @@ static tdm_status write_shards(const inputs *in, uint64_t max,
     st = index ? tdmi_write_file(tmp, json, strlen(json))
                : tdmi_ckpt_no_memory();
   if (st == TDM_SUCCESS && rename(tmp, index) != 0)
-    st = io_fail("cannot rename to it", index);
+    st = tdmi_io_error("cannot rename to it", index);
   free(index);
   free(json);
   free(first), free(names), free(files), free(shard);

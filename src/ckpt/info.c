@@ -7,20 +7,15 @@
 
 static tdm_status add_file(const char *file, uint64_t *numel,
                            uint64_t *bytes, int *tensors) {
-  char *json = NULL;
-  uint64_t n = 0, size = 0;
   tdmi_st_header h;
   memset(&h, 0, sizeof h);
-  tdm_status st = tdmi_st_read_header(file, &json, &n, &size);
-  if (st == TDM_SUCCESS)
-    st = tdmi_st_parse(file, json, n, size, &h);
+  tdm_status st = tdmi_st_load_header(file, &h);
   for (int i = 0; st == TDM_SUCCESS && i < h.ntensors; i++) {
     *numel += h.tensors[i].numel;
     *bytes += h.tensors[i].end - h.tensors[i].begin;
   }
   *tensors += st == TDM_SUCCESS ? h.ntensors : 0;
   tdmi_st_header_free(&h);
-  free(json);
   return st;
 }
 

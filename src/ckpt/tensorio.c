@@ -281,6 +281,16 @@ tdm_status tdmi_st_read_header(const char *file, char **json, uint64_t *n,
   return st;
 }
 
+tdm_status tdmi_st_load_header(const char *file, tdmi_st_header *h) {
+  char *json = NULL;
+  uint64_t n = 0, size = 0;
+  tdm_status st = tdmi_st_read_header(file, &json, &n, &size);
+  if (st == TDM_SUCCESS)
+    st = tdmi_st_parse(file, json, n, size, h);
+  free(json);
+  return st;
+}
+
 tdm_status tdmi_tensorio_header(MPI_Comm comm, const char *file,
                                 tdmi_st_header *h) {
   int rank = 0;

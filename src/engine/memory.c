@@ -178,11 +178,11 @@ tdm_status tdm_memory_report(const tdm_engine *e, char *buf, size_t size,
         m.peak[c][TDM_MEM_DEVICE] / unit);
     now += m.current[c][TDM_MEM_HOST] + m.current[c][TDM_MEM_DEVICE];
   }
-  tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "total", now / unit,
-      m.peak_total / unit);
+  tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "total",
+      now / unit, m.peak_total / unit);
   if (e->stage == 3)
-    tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n", "gathered now",
-        m.gathered_params / unit, m.peak_gathered_params / unit);
+    tdmi_appendf(buf, size, &len, "  %-16s %12.3f (peak %.3f)\n",
+        "gathered now", m.gathered_params / unit, m.peak_gathered_params / unit);
   if (size && len >= size)
     buf[size - 1] = '\0';
   if (needed)
