@@ -61,7 +61,8 @@ typedef struct {
   int nonfinite;     /* tdm_nonfinite */
   int dump_on_signal;
   /* NULL, or one origin per setting ("default", "TANDEM_X", "config file
-   * 'f' line 3", "tdm_options"), filled in by tdmi_config_report. */
+   * 'f' line 3", "tdm_options") and one for config_file after them,
+   * filled in by tdmi_config_report. */
   char (*origin)[TDMI_ORIGIN_LEN];
 } tdmi_config;
 

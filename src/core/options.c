@@ -318,12 +318,14 @@ static tdm_status check_api_size(const tdm_options *api) {
 }
 
 static tdm_status pick_config_file(const tdm_options *api, tdmi_config *cfg) {
-  const char *path = getenv("TANDEM_CONFIG");
+  const char *path = getenv("TANDEM_CONFIG"), *from = "TANDEM_CONFIG";
   if (api && api->size >= offsetof(tdm_options, config_file) + sizeof(char *) &&
       api->config_file)
-    path = api->config_file;
+    path = api->config_file, from = "tdm_options";
   if (!path || !*path)
     return TDM_SUCCESS;
+  if (cfg->origin) /* the slot after the settings' */
+    snprintf(cfg->origin[NSETTINGS], TDMI_ORIGIN_LEN, "%s", from);
   cfg->config_file = strdup(path);
   return cfg->config_file ? TDM_SUCCESS
                           : tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
@@ -389,9 +391,9 @@ static void value_text(const setting *s, const tdmi_config *cfg, char *out,
                        size_t size) {
   const void *field = (const char *)cfg + s->config_off;
   int v = s->kind == KIND_STRING ? 0 : *(const int *)field;
-  if (s->kind == KIND_STRING) {
+  if (s->kind == KIND_STRING) { /* log_file, the one string */
     const char *text = *(char *const *)field;
-    snprintf(out, size, "%s", text ? text : "");
+    snprintf(out, size, "%s", text ? text : "stderr");
   } else if (s->kind == KIND_ENUM) {
     snprintf(out, size, "%s", s->names->names[v]);
   } else if (s->kind == KIND_BOOL) {
@@ -405,26 +407,21 @@ static void value_text(const setting *s, const tdmi_config *cfg, char *out,
 
 tdm_status tdmi_config_report(const tdm_options *api, char *buf, size_t size,
                               size_t *len, tdmi_config *out) {
-  char(*origin)[TDMI_ORIGIN_LEN] = calloc(NSETTINGS, sizeof *origin);
+  /* one per setting, then the config file's */
+  char(*origin)[TDMI_ORIGIN_LEN] = calloc(NSETTINGS + 1, sizeof *origin);
   if (!origin)
     return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
   for (size_t i = 0; i < NSETTINGS; i++)
     snprintf(origin[i], TDMI_ORIGIN_LEN, "default");
+  snprintf(origin[NSETTINGS], TDMI_ORIGIN_LEN, "none");
   tdmi_config cfg;
   tdm_status st = resolve(api, &cfg, origin);
   if (st == TDM_SUCCESS) {
-    const char *env = getenv("TANDEM_CONFIG");
-    int from_api = cfg.config_file && !(env && strcmp(env, cfg.config_file) == 0);
     tdmi_appendf(buf, size, len, "%-28s = %-12s (%s)\n", "config_file",
-                 cfg.config_file ? cfg.config_file : "",
-                 !cfg.config_file ? "none"
-                 : from_api       ? "tdm_options"
-                                  : "TANDEM_CONFIG");
+                 cfg.config_file ? cfg.config_file : "", origin[NSETTINGS]);
     for (size_t i = 0; i < NSETTINGS; i++) {
       char value[256];
       value_text(&settings[i], &cfg, value, sizeof value);
-      if (settings[i].kind == KIND_STRING && !*value)
-        snprintf(value, sizeof value, "stderr");
       tdmi_appendf(buf, size, len, "%-28s = %-12s (%s)\n", settings[i].key,
                    value, origin[i]);
     }
