@@ -27,9 +27,10 @@ extern const cli_setting cli_settings[];
 extern const int cli_nsettings;
 const cli_setting *cli_setting_of_flag(const char *flag);
 /* Whether value is valid for s, checked by the library itself (as
- * tdm_init would parse it); else *why (static) says why. */
+ * tdm_init would parse it), with the ZeRO stage stage in force when not
+ * NULL (offload depends on it); else *why (static) says why. */
 int cli_setting_valid(const cli_setting *s, const char *value,
-                      const char **why);
+                      const char *stage, const char **why);
 
 /* The launch section of a config file (the library skips it). */
 typedef struct {

@@ -54,20 +54,8 @@ static int valid_hosts(const char *text) {
  * (offload depends on it). */
 static int valid_setting(const cli_setting *s, const char *value,
                          const answers *a, const char **why) {
-  const cli_setting *stage = cli_setting_of_flag("zero-stage");
-  if (s != stage && a->value[index_of(stage)][0]) {
-    const char *old = getenv(stage->env);
-    char *saved = old ? strdup(old) : NULL;
-    setenv(stage->env, a->value[index_of(stage)], 1);
-    int ok = cli_setting_valid(s, value, why);
-    if (saved)
-      setenv(stage->env, saved, 1);
-    else
-      unsetenv(stage->env);
-    free(saved);
-    return ok;
-  }
-  return cli_setting_valid(s, value, why);
+  const char *stage = a->value[index_of(cli_setting_of_flag("zero-stage"))];
+  return cli_setting_valid(s, value, stage[0] ? stage : NULL, why);
 }
 
 /* Asks until the answer is valid; "" keeps the default. */

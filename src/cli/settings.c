@@ -41,19 +41,32 @@ const cli_setting *cli_setting_of_flag(const char *flag) {
   return NULL;
 }
 
-int cli_setting_valid(const cli_setting *s, const char *value,
-                      const char **why) {
-  static char message[1024];
-  const char *old = getenv(s->env);
+/* Sets name to value (NULL: unset) and returns what it was (malloc'd). */
+static char *swap_env(const char *name, const char *value) {
+  const char *old = getenv(name);
   char *saved = old ? strdup(old) : NULL;
-  setenv(s->env, value, 1);
+  if (value)
+    setenv(name, value, 1);
+  else
+    unsetenv(name);
+  return saved;
+}
+
+int cli_setting_valid(const cli_setting *s, const char *value,
+                      const char *stage, const char **why) {
+  static char message[1024];
+  const cli_setting *z = cli_setting_of_flag("zero-stage");
+  int with_stage = stage && s != z;
+  char *saved_stage = with_stage ? swap_env(z->env, stage) : NULL;
+  char *saved = swap_env(s->env, value);
   tdm_status st = tdm_options_report(NULL, NULL, 0, NULL);
   snprintf(message, sizeof message, "%s", tdm_last_error());
-  if (saved)
-    setenv(s->env, saved, 1);
-  else
-    unsetenv(s->env);
+  free(swap_env(s->env, saved));
   free(saved);
+  if (with_stage) {
+    free(swap_env(z->env, saved_stage));
+    free(saved_stage);
+  }
   *why = message;
   return st == TDM_SUCCESS;
 }
