@@ -269,13 +269,23 @@ typedef struct tdm_options {
   int dump_on_signal;      /* 1: SIGUSR2 dumps each rank's last
                               collectives (the flight recorder) to its
                               log; env TANDEM_DUMP_ON_SIGNAL; default 0   */
+  /* Metrics (0.6). */
+  const char *metrics_dir; /* folder for metrics.jsonl and a TensorBoard
+                              event file, written by tdm_log_scalar and
+                              by tdm_step (the engine's own metrics,
+                              named tandem/...); env TANDEM_METRICS_DIR;
+                              default none: nothing is written           */
+  int metrics_all_ranks;   /* 1: every rank writes its own files (rank N
+                              adds .rankN); env TANDEM_METRICS_ALL_RANKS;
+                              default 0: the main rank only              */
 } tdm_options;
 
 #define TDM_OPTIONS_INIT                                                 \
   { sizeof(tdm_options), NULL, TDM_UNSET, NULL, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
     TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET,    \
-    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET }
+    TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, TDM_UNSET, NULL,         \
+    TDM_UNSET }
 
 tdm_status tdm_options_init(tdm_options *options);
 
@@ -1162,6 +1172,36 @@ tdm_status tdm_weights_info(const char *path, uint64_t *numel,
  * kept; a name in two input files is TDM_ERR_FORMAT (0.5). */
 tdm_status tdm_weights_convert(const char *in, const char *out, int dtype,
                                uint64_t max_shard_bytes);
+
+/* ---- metrics ------------------------------------------------------------ */
+/*
+ * Scalars for TensorBoard and for scripts (Accelerate's log()):
+ *
+ *   TANDEM_METRICS_DIR=runs/exp1 mpirun -np 4 ./trainer
+ *   tdm_log_scalar(ctx, "loss", step, loss);
+ *
+ * writes, on the main rank (every rank with metrics_all_ranks), one line
+ * {"step":N,"time":T,"loss":V} to DIR/metrics.jsonl and one Event with
+ * a scalar summary per call to DIR/events.out.tfevents.<time>.<host>.
+ * <pid> (tensorboard --logdir DIR shows it).  tdm_step adds the engine's
+ * own at each accumulation boundary, at step = the boundary's index from
+ * 0: tandem/lr (of that step), tandem/loss_scale, tandem/skipped_steps,
+ * tandem/grad_norm (when tdm_clip_grad_norm computed it),
+ * tandem/step_time_s (since the previous boundary), tandem/comm_bytes
+ * (sent in that step, as tdm_get_comm_volume counts), and
+ * tandem/memory/<category>_bytes and tandem/memory/peak_bytes.  Files
+ * are appended to (a resumed run continues its curves) and flushed at
+ * most once a second and by tdm_finalize.  Without metrics_dir these
+ * calls check their arguments and write nothing.  Not collective; safe
+ * from any thread.  A name has 1 to 200 printable characters and is not
+ * "step" or "time"; inf and NaN are written as null in the JSON lines
+ * (0.6).
+ */
+tdm_status tdm_log_scalar(tdm_context *ctx, const char *name, int64_t step,
+                          double value);
+/* count scalars of one step in one record. */
+tdm_status tdm_log_scalars(tdm_context *ctx, int64_t step, int count,
+                           const char *const *names, const double *values);
 
 /* ---- session: one engine, set up in one call ---------------------------- */
 /*

@@ -39,16 +39,19 @@ suite() { # builddir label [make arguments]: make check, counting each run
 
 "$top/scripts/deps.sh" --test || { echo "0 passed, 1 failed"; exit 1; }
 
-# The interop oracle of tests/ckpt-interop.sh: the safetensors and numpy
-# wheels in a venv (test-only; the library never needs Python).
+# The interop oracles of tests/ckpt-interop.sh and tests/metrics.sh: the
+# safetensors, numpy and tensorboard wheels in a venv (test-only; the
+# library never needs Python).
 venv=$b/venv
 python_oracle() {
-  "$venv/bin/python" -c "import safetensors, numpy" 2>/dev/null && return 0
-  python3 -m venv "$venv" && "$venv/bin/pip" install -q safetensors numpy &&
-    "$venv/bin/python" -c "import safetensors, numpy"
+  "$venv/bin/python" -c "import safetensors, numpy, tensorboard" \
+    2>/dev/null && return 0
+  python3 -m venv "$venv" &&
+    "$venv/bin/pip" install -q safetensors numpy tensorboard &&
+    "$venv/bin/python" -c "import safetensors, numpy, tensorboard"
 }
 mkdir -p "$b"
-step "python venv with safetensors and numpy (pip)" python_oracle
+step "python venv with safetensors, numpy and tensorboard (pip)" python_oracle
 export PYTHON="$venv/bin/python"
 
 # 1. The default build: CUDA and NCCL where configure finds them.

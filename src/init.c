@@ -11,6 +11,7 @@
 #include "comm/comm.h"
 #include "device/device.h"
 #include "device/kernels.h"
+#include "track/track.h"
 
 /* Whether tdm_init started MPI, and so must finalize it with the last
  * context. */
@@ -89,6 +90,7 @@ static tdm_status setup(tdm_context *ctx, const tdm_options *options,
   if (ctx->config.cpu_threads == TDM_UNSET)
     ctx->config.cpu_threads = default_cpu_threads(ctx);
   TDMI_TRY(tdmi_log_open(ctx));
+  TDMI_TRY(tdmi_metrics_open(ctx));
   TDMI_TRY(choose_device(ctx));
   return tdmi_context_register(ctx);
 }
@@ -140,6 +142,7 @@ static tdm_status init_on(MPI_Comm parent, const tdm_options *options,
   if (st != TDM_SUCCESS) {
     if (registered)
       tdmi_context_unregister(ctx);
+    tdmi_metrics_close(ctx);
     tdmi_watch_destroy(ctx);
     tdmi_context_destroy(ctx);
     return st;
@@ -224,6 +227,7 @@ tdm_status tdm_finalize(tdm_context *ctx) {
   tdmi_log(ctx, TDM_LOG_INFO, "tdm_finalize");
   int left = tdmi_context_unregister(ctx);
   tdmi_nccl_destroy(ctx->nccl);
+  tdmi_metrics_close(ctx);
   tdmi_watch_destroy(ctx);
   tdmi_context_destroy(ctx);
   return release_mpi(left);
@@ -234,6 +238,7 @@ tdm_status tdm_abort(tdm_context *ctx, int exit_code) {
   tdmi_log(ctx, TDM_LOG_WARN, "tdm_abort(%d)", exit_code);
   /* The other survivors of a timeout log their diagnosis first. */
   tdmi_watch_settle(ctx);
+  tdmi_metrics_close(ctx); /* what was logged reaches its files */
   if (ctx->nccl)
     tdmi_nccl_abort(ctx->nccl, "tdm_abort", 0.0);
   int rc = MPI_Abort(ctx->comm, exit_code);

@@ -15,7 +15,9 @@
  * SIGUSR1 or SIGTERM to any rank (Slurm's warning before preemption)
  * stops every rank at the same step: with --save-dir it saves a
  * checkpoint there first, and exits with TDM_EXIT_REQUEUE (75), so that
- * examples/slurm/train.sbatch requeues the job to resume from it. */
+ * examples/slurm/train.sbatch requeues the job to resume from it.
+ * TANDEM_METRICS_DIR=DIR writes the loss and the engine's own metrics to
+ * DIR/metrics.jsonl and a TensorBoard event file there. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +142,8 @@ int main(int argc, char **argv) {
     TRY(tdm_allreduce(ctx, &step_loss, &mean_loss, 1, TDM_F64, TDM_MEAN));
     if (step == 0)
       first_loss = mean_loss;
+    /* to TANDEM_METRICS_DIR (JSONL, TensorBoard) where it is set */
+    TRY(tdm_log_scalar(ctx, "loss", step, mean_loss));
     if (step % 50 == 0 || step == steps - 1)
       TRY(tdm_print(ctx, "step %4d  loss %.6f\n", step, mean_loss));
     step_loss = 0;

@@ -232,7 +232,9 @@ tdm_status tdm_get_options(const tdm_context *ctx, tdm_options *out) {
                       c->gpu_collectives,
                       c->timeout,
                       c->nonfinite,
-                      c->dump_on_signal};
+                      c->dump_on_signal,
+                      c->metrics_dir,
+                      c->metrics_all_ranks};
   memcpy(out, &full, out->size);
   return TDM_SUCCESS;
 }

@@ -60,6 +60,8 @@ typedef struct {
   int timeout;       /* seconds; 0: none */
   int nonfinite;     /* tdm_nonfinite */
   int dump_on_signal;
+  char *metrics_dir; /* NULL: no metrics files */
+  int metrics_all_ranks;
   /* NULL, or one origin per setting ("default", "TANDEM_X", "config file
    * 'f' line 3", "tdm_options") and one for config_file after them,
    * filled in by tdmi_config_report. */
@@ -97,6 +99,8 @@ struct tdm_context {
                           (device cuda with NCCL), else NULL           */
   struct tdmi_watch *watch; /* the comm layer's watchdog (watch.c)       */
   int stop_agreed;     /* tdm_should_stop said stop                     */
+  struct tdmi_metrics *metrics; /* the track layer's writers (metrics.c),
+                          NULL when this rank writes none              */
 };
 
 /* Duplicates parent and reads the topology (collective over parent). */

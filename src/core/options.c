@@ -113,6 +113,11 @@ static const setting settings[] = {
      offsetof(tdmi_config, nonfinite), API_FIELD(nonfinite), &nonfinite_names},
     {"dump_on_signal", "TANDEM_DUMP_ON_SIGNAL", KIND_BOOL,
      offsetof(tdmi_config, dump_on_signal), API_FIELD(dump_on_signal), NULL},
+    {"metrics_dir", "TANDEM_METRICS_DIR", KIND_STRING,
+     offsetof(tdmi_config, metrics_dir), API_FIELD(metrics_dir), NULL},
+    {"metrics_all_ranks", "TANDEM_METRICS_ALL_RANKS", KIND_BOOL,
+     offsetof(tdmi_config, metrics_all_ranks), API_FIELD(metrics_all_ranks),
+     NULL},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -351,7 +356,7 @@ static tdm_status resolve(const tdm_options *api, tdmi_config *out,
                      TDM_PRECISION_NO, TDM_F32, TDM_UNSET, TDM_CPU_ISA_AUTO,
                      0, TDM_OFFLOAD_NONE, 50 << 20, 100000,
                      TDM_GPU_COLLECTIVES_AUTO, 600, TDM_NONFINITE_OFF, 0,
-                     origin};
+                     NULL, 0, origin};
   tdm_status st = api ? check_api_size(api) : TDM_SUCCESS;
   if (st == TDM_SUCCESS)
     st = pick_config_file(api, &cfg);
@@ -391,9 +396,11 @@ static void value_text(const setting *s, const tdmi_config *cfg, char *out,
                        size_t size) {
   const void *field = (const char *)cfg + s->config_off;
   int v = s->kind == KIND_STRING ? 0 : *(const int *)field;
-  if (s->kind == KIND_STRING) { /* log_file, the one string */
+  if (s->kind == KIND_STRING) { /* log_file, metrics_dir */
     const char *text = *(char *const *)field;
-    snprintf(out, size, "%s", text ? text : "stderr");
+    snprintf(out, size, "%s", text ? text
+                              : s->config_off == offsetof(tdmi_config, log_file)
+                                  ? "stderr" : "none");
   } else if (s->kind == KIND_ENUM) {
     snprintf(out, size, "%s", s->names->names[v]);
   } else if (s->kind == KIND_BOOL) {
@@ -437,7 +444,8 @@ tdm_status tdmi_config_report(const tdm_options *api, char *buf, size_t size,
 void tdmi_config_free(tdmi_config *config) {
   free(config->config_file);
   free(config->log_file);
-  config->config_file = config->log_file = NULL;
+  free(config->metrics_dir);
+  config->config_file = config->log_file = config->metrics_dir = NULL;
 }
 
 tdm_status tdm_options_init(tdm_options *options) {

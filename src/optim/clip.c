@@ -8,7 +8,7 @@
 #include "optim.h"
 
 void tdmi_optim_clip_reset(tdm_optimizer *opt) {
-  opt->clip = (tdmi_clip){1.0, -INFINITY, INFINITY, 1.0, 0, 0};
+  opt->clip = (tdmi_clip){1.0, -INFINITY, INFINITY, 1.0, 0, 0, 0, 0.0};
 }
 
 /* Whether no value clip is pending: clamping would hide inf. */
@@ -56,6 +56,8 @@ tdm_status tdm_clip_grad_norm(tdm_optimizer *opt, double max_norm,
   } else {
     c->post *= coef;
   }
+  c->norm_known = 1;
+  c->norm = norm;
   if (total_norm)
     *total_norm = norm;
   return TDM_SUCCESS;
@@ -83,7 +85,7 @@ tdm_status tdm_clip_grad_value(tdm_optimizer *opt, double clip_value) {
 
 tdm_status tdmi_optim_nonfinite(tdm_optimizer *opt, int *nonfinite) {
   if (!opt->clip.nonfinite_known) { /* the raw gradients, unclamped */
-    tdmi_clip raw = {1.0, -INFINITY, INFINITY, 1.0, 0, 0};
+    tdmi_clip raw = {1.0, -INFINITY, INFINITY, 1.0, 0, 0, 0, 0.0};
     double sum;
     TDMI_TRY(grad_sumsq(opt, &raw, &sum));
     opt->clip.nonfinite_known = 1;

@@ -33,6 +33,8 @@ typedef struct {
   double pre, lo, hi, post;
   int nonfinite_known; /* a norm was computed: nonfinite is valid */
   int nonfinite;
+  int norm_known;      /* tdm_clip_grad_norm ran: norm is the total  */
+  double norm;
 } tdmi_clip;
 
 struct tdm_optimizer {
@@ -54,6 +56,8 @@ struct tdm_optimizer {
   tdm_update_fn custom;    /* TDM_OPTIMIZER_CUSTOM: the program's update */
   float *scratch;          /* custom: one stretch of f32 gradients */
   size_t scratch_count;
+  double last_boundary;    /* when the previous boundary ended (metrics) */
+  uint64_t comm_bytes;     /* tdm_get_comm_volume then                  */
 };
 
 tdm_status tdmi_optim_check(const tdm_optimizer *opt, const char *fn);

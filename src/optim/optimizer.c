@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "optim.h"
+#include "../track/track.h"
 
 tdm_status tdm_optimizer_options_init(tdm_optimizer_options *options) {
   TDMI_CHECK_PTR(options, "tdm_optimizer_options_init");
@@ -404,6 +405,46 @@ static tdm_status nonfinite_guard(tdm_optimizer *opt, int guard) {
                                       : TDM_SUCCESS;
 }
 
+/* The engine's own metrics of the boundary just ended (tdm_log_scalar's
+ * tandem/...).  A failed write is a warning: the step itself is done. */
+static void log_boundary(tdm_optimizer *opt, double lr, double scale) {
+  tdm_context *ctx = opt->engine->ctx;
+  if (!ctx->metrics)
+    return;
+  static const char *const mem_names[TDM_MEM_NUM_CATEGORIES] = {
+      "tandem/memory/params_bytes", "tandem/memory/grads_bytes",
+      "tandem/memory/optimizer_state_bytes",
+      "tandem/memory/master_weights_bytes", "tandem/memory/comm_buffers_bytes"};
+  const char *names[8 + TDM_MEM_NUM_CATEGORIES];
+  double values[8 + TDM_MEM_NUM_CATEGORIES];
+  int n = 0;
+#define ADD(name, value) (names[n] = (name), values[n++] = (value))
+  double now = tdmi_seconds_now();
+  uint64_t bytes = 0;
+  tdm_get_comm_volume(opt->engine, &bytes);
+  ADD("tandem/lr", lr);
+  ADD("tandem/loss_scale", scale);
+  ADD("tandem/skipped_steps", (double)opt->skipped);
+  if (opt->clip.norm_known)
+    ADD("tandem/grad_norm", opt->clip.norm);
+  if (opt->last_boundary > 0)
+    ADD("tandem/step_time_s", now - opt->last_boundary);
+  ADD("tandem/comm_bytes", (double)(bytes - opt->comm_bytes));
+  tdm_memory_info mem = {.size = sizeof mem};
+  if (tdm_get_memory_info(opt->engine, &mem) == TDM_SUCCESS) {
+    for (int c = 0; c < TDM_MEM_NUM_CATEGORIES; c++)
+      ADD(mem_names[c], (double)(mem.current[c][TDM_MEM_HOST] +
+                                 mem.current[c][TDM_MEM_DEVICE]));
+    ADD("tandem/memory/peak_bytes", (double)mem.peak_total);
+  }
+#undef ADD
+  opt->last_boundary = now;
+  opt->comm_bytes = bytes;
+  if (tdmi_metrics_write(ctx, opt->steps + opt->skipped - 1, n, names,
+                         values) != TDM_SUCCESS)
+    tdmi_log(ctx, TDM_LOG_WARN, "tdm_step: %s", tdm_last_error());
+}
+
 tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
   TDMI_TRY(tdmi_optim_check(opt, "tdm_step"));
   int now = 0;
@@ -429,6 +470,7 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
     nonfinite = guard == TDM_NONFINITE_SKIP;
   }
   opt->last_skipped = nonfinite;
+  double lr = tdmi_optim_lr(opt, 0), scale = opt->scaling ? opt->scale : 1.0;
   if (nonfinite) {
     opt->skipped++;
     if (opt->scaling)
@@ -449,6 +491,7 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
   }
   if (opt->scaling)
     update_scale(opt, nonfinite);
+  log_boundary(opt, lr, scale);
   tdmi_optim_clip_reset(opt);
   if (stepped)
     *stepped = !nonfinite;
