@@ -15,31 +15,34 @@
  * Protobuf's wire format: a key is (field << 3 | wire type), wire type 0
  * a varint, 1 eight bytes, 2 a varint length then the bytes, 5 four
  * bytes; all little-endian. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "track.h"
 
-uint32_t tdmi_crc32c(const unsigned char *data, size_t len) {
-  static uint32_t table[256];
-  static int ready; /* callers hold the metrics lock */
-  if (!ready) {
-    for (uint32_t i = 0; i < 256; i++) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; k++) /* reflected polynomial 0x1EDC6F41 */
-        c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      table[i] = c;
-    }
-    ready = 1;
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void fill_crc_table(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) /* reflected polynomial 0x1EDC6F41 */
+      c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    crc_table[i] = c;
   }
+}
+
+static uint32_t crc32c(const unsigned char *data, size_t len) {
+  pthread_once(&crc_once, fill_crc_table);
   uint32_t c = 0xFFFFFFFFu;
   for (size_t i = 0; i < len; i++)
-    c = table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+    c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
 
 static uint32_t masked_crc(const unsigned char *data, size_t len) {
-  uint32_t c = tdmi_crc32c(data, len);
+  uint32_t c = crc32c(data, len);
   return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 

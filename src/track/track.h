@@ -31,7 +31,5 @@ int tdmi_tfevents_header(FILE *fp, double wall_time);
 int tdmi_tfevents_scalars(FILE *fp, double wall_time, int64_t step,
                           int count, const char *const *names,
                           const double *values);
-/* CRC32C (Castagnoli) of data, exposed for its unit test. */
-uint32_t tdmi_crc32c(const unsigned char *data, size_t len);
 
 #endif
