@@ -78,8 +78,6 @@ tdm_status tdmi_write_file(const char *path, const void *bytes, size_t n);
  * writes and EINTR. */
 tdm_status tdmi_write_fd(int fd, const void *bytes, size_t n,
                          const char *path);
-/* TDM_ERR_IO "path: what: strerror(errno)". */
-tdm_status tdmi_io_error(const char *what, const char *path);
 /* Reads the whole (small) file into malloc'd *bytes (NUL-terminated);
  * TDM_ERR_FORMAT when it exceeds max bytes. */
 tdm_status tdmi_read_file(const char *path, size_t max, char **bytes,

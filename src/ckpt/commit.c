@@ -18,10 +18,6 @@
 
 #define MAX_MARKER (1u << 20)
 
-tdm_status tdmi_io_error(const char *what, const char *path) {
-  return tdmi_error(TDM_ERR_IO, "%s: %s: %s", path, what, strerror(errno));
-}
-
 static tdm_status fsync_path(const char *path) {
   int fd = open(path, O_RDONLY);
   if (fd < 0)
@@ -272,26 +268,6 @@ static int has_marker(const char *dir) {
   return yes;
 }
 
-static tdm_status make_dirs(const char *path) {
-  char *p = strdup(path);
-  if (!p)
-    return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
-  tdm_status st = TDM_SUCCESS;
-  for (char *c = p + 1; st == TDM_SUCCESS; c++) {
-    int last = *c == '\0';
-    if (*c != '/' && !last)
-      continue;
-    *c = '\0';
-    if (mkdir(p, 0755) != 0 && errno != EEXIST)
-      st = tdmi_io_error("cannot create folder", p);
-    if (last)
-      break;
-    *c = '/';
-  }
-  free(p);
-  return st;
-}
-
 /* A leftover of a crashed save: a temporary folder, or a checkpoint
  * folder without its marker (other than the one being saved). */
 static tdm_status remove_leftover(const char *path, const char *name,
@@ -305,7 +281,7 @@ static tdm_status remove_leftover(const char *path, const char *name,
 
 tdm_status tdmi_commit_begin(const char *root, const char *final,
                              const char *tmp) {
-  TDMI_TRY(make_dirs(root));
+  TDMI_TRY(tdmi_make_dirs(root));
   TDMI_TRY(each_entry(root, remove_leftover, (void *)(strrchr(final, '/') + 1)));
   if (mkdir(tmp, 0755) != 0)
     return tdmi_io_error("cannot create folder", tmp);

@@ -130,6 +130,14 @@ tdm_status tdmi_context_check(const tdm_context *ctx, const char *fn);
 
 #define TDMI_CHECK_CTX(ctx, fn) TDMI_TRY(tdmi_context_check((ctx), (fn)))
 
+/* ---- paths (files.c) ---- */
+
+/* TDM_ERR_IO "path: what: strerror(errno)". */
+tdm_status tdmi_io_error(const char *what, const char *path);
+/* mkdir -p path (0755); an existing folder is fine.  The error names the
+ * part that could not be made. */
+tdm_status tdmi_make_dirs(const char *path);
+
 /* ---- logging (log.c) ---- */
 
 tdm_status tdmi_log_open(tdm_context *ctx);

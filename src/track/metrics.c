@@ -9,7 +9,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,26 +28,6 @@ static double wall_now(void) {
   struct timespec t;
   clock_gettime(CLOCK_REALTIME, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* mkdir -p: the parents too, an existing folder being fine. */
-static int make_dirs(const char *dir) {
-  char p[4096];
-  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) {
-    errno = ENAMETOOLONG;
-    return -1;
-  }
-  for (char *s = p + 1;; s++) {
-    if (*s == '/' || *s == '\0') {
-      char c = *s;
-      *s = '\0';
-      if (mkdir(p, 0755) != 0 && errno != EEXIST)
-        return -1;
-      *s = c;
-      if (!c)
-        return 0;
-    }
-  }
 }
 
 static tdm_status open_file(const tdm_context *ctx, char *path, FILE **fp) {
@@ -73,9 +52,12 @@ tdm_status tdmi_metrics_open(tdm_context *ctx) {
   ctx->metrics = NULL;
   if (!dir || (ctx->rank != 0 && !ctx->config.metrics_all_ranks))
     return TDM_SUCCESS;
-  if (make_dirs(dir) != 0)
-    return tdmi_error(TDM_ERR_IO, "rank %d: metrics_dir '%s' cannot be "
-                      "created: %s", ctx->rank, dir, strerror(errno));
+  if (tdmi_make_dirs(dir) != TDM_SUCCESS) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", tdm_last_error());
+    return tdmi_error(TDM_ERR_IO, "rank %d: metrics_dir '%s': %s", ctx->rank,
+                      dir, why);
+  }
   struct tdmi_metrics *m = calloc(1, sizeof *m);
   if (!m)
     return tdmi_error(TDM_ERR_NO_MEMORY, "out of memory");
