@@ -470,7 +470,9 @@ tdm_status tdm_step(tdm_optimizer *opt, int *stepped) {
     nonfinite = guard == TDM_NONFINITE_SKIP;
   }
   opt->last_skipped = nonfinite;
-  double lr = tdmi_optim_lr(opt, 0), scale = opt->scaling ? opt->scale : 1.0;
+  /* what the step is taken with, for its metrics */
+  double lr = opt->engine->ctx->metrics ? tdmi_optim_lr(opt, 0) : 0.0;
+  double scale = opt->scaling ? opt->scale : 1.0;
   if (nonfinite) {
     opt->skipped++;
     if (opt->scaling)
