@@ -72,7 +72,7 @@ sources() {
   safetensors) echo "src/ckpt/safetensors.c src/core/error.c" ;;
   state | index)
     echo "src/ckpt/state.c src/core/dtype.c src/core/half.c src/core/error.c" ;;
-  marker) echo "src/ckpt/commit.c src/core/error.c" ;;
+  marker) echo "src/ckpt/commit.c src/core/files.c src/core/error.c" ;;
   esac
 }
 libs() {
